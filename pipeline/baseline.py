@@ -1,0 +1,45 @@
+"""Baseline stage: TF-IDF + logistic regression on the same split as the LSTM (see src/baseline.py).
+
+    python -m pipeline.baseline [--params params.yaml] [--raw data/raw] [--metrics metrics/baseline.json]
+
+The evaluate stage logs these metrics into each training run, beside the LSTM's.
+"""
+
+import argparse
+import logging
+import time
+
+from src.cli import run_stage
+from src.params import load_params
+
+log = logging.getLogger("imdb_lstm.baseline")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    parser.add_argument("--raw", default="data/raw", help="the download stage's output folder")
+    parser.add_argument("--metrics", default="metrics/baseline.json", help="test metrics, for dvc metrics")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    from src.baseline import fit_and_score
+    from src.datasets import load_texts, split_train_val
+    from src.fileio import write_json
+
+    start = time.perf_counter()
+    corpus = load_texts(args.raw)
+    train_idx, _ = split_train_val(corpus.train_labels, params.preprocess.val_fraction, params.preprocess.seed)
+    metrics = fit_and_score([corpus.train_texts[i] for i in train_idx], corpus.train_labels[train_idx],
+                            corpus.test_texts, corpus.test_labels, params.evaluate.threshold)
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(args.metrics, metrics)
+    log.info("baseline: test accuracy %.4f, ROC AUC %.4f (%d training reviews, %.1f s)",
+             metrics["accuracy"], metrics["roc_auc"], len(train_idx), metrics["seconds"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,93 @@
+"""Evaluate stage: test metrics, DVC plots and figures, logged into the train stage's MLflow run.
+
+    python -m pipeline.evaluate [--params params.yaml] [--data data/processed] [--model models/model.keras]
+                                [--run-info models/run.json] [--baseline metrics/baseline.json]
+                                [--metrics metrics/evaluate.json] [--plots plots]
+"""
+
+import argparse
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+from src.cli import run_stage
+from src.params import load_params
+
+log = logging.getLogger("imdb_lstm.evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    parser.add_argument("--data", default="data/processed", help="the preprocess stage's output folder")
+    parser.add_argument("--model", default="models/model.keras", help="the train stage's Keras model")
+    parser.add_argument("--run-info", default="models/run.json", help="the train stage's MLflow run record")
+    parser.add_argument("--baseline", default="metrics/baseline.json", help="the baseline stage's metrics")
+    parser.add_argument("--metrics", default="metrics/evaluate.json", help="test metrics, for dvc metrics")
+    parser.add_argument("--plots", default="plots", help="folder for the confusion, ROC and training-curve plots")
+    return parser.parse_args(argv)
+
+
+def rows_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    from src import tracking
+    from src.errors import DataError
+
+    tracking.connect(params.mlflow.experiment)
+    run_info = tracking.read_run_info(Path(args.run_info))
+    try:
+        baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"{args.baseline}: cannot read the baseline's metrics ({error}); run `dvc repro baseline`") from None
+
+    import mlflow
+
+    from src import evaluation
+    from src.fileio import load_npz, write_json, write_text
+    from src.training import load_model, predict
+
+    test = load_npz(Path(args.data) / "test.npz")
+    probabilities = predict(load_model(args.model), test["x"])
+    y_true, y_pred = test["y"], evaluation.predicted_labels(probabilities, params.evaluate.threshold)
+    metrics = evaluation.classification_metrics(y_true, probabilities, params.evaluate.threshold)
+    metrics["accuracy_over_baseline"] = metrics["accuracy"] - baseline["accuracy"]
+
+    plots = Path(args.plots)
+    history = list(csv.DictReader(io.StringIO((plots / "history.csv").read_text(encoding="utf-8"))))
+    history = [{key: float(value) for key, value in row.items()} for row in history]
+    figures = {
+        "confusion.png": evaluation.confusion_figure(y_true, y_pred),
+        "roc.png": evaluation.roc_figure(y_true, probabilities),
+        "training_curves.png": evaluation.training_curves_figure(history),
+    }
+    write_json(args.metrics, metrics)
+    write_text(plots / "confusion.csv", rows_csv(evaluation.confusion_rows(y_true, y_pred)))
+    write_text(plots / "roc.csv", rows_csv(evaluation.roc_rows(y_true, probabilities)))
+    for name, figure in figures.items():
+        evaluation.write_png(figure, plots / name)
+
+    with tracking.tracked_run(**tracking.evaluation_run_arguments(run_info, params)):
+        mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items()})
+        mlflow.log_metrics({f"baseline_{key}": value for key, value in baseline.items()})
+        for name in (*figures, "confusion.csv", "roc.csv"):
+            mlflow.log_artifact(str(plots / name), artifact_path="plots")
+        mlflow.log_artifact(args.metrics)
+        if Path("dvc.lock").exists():
+            mlflow.log_artifact("dvc.lock")
+    log.info("test accuracy %.4f (baseline %.4f), ROC AUC %.4f, F1 %.4f", metrics["accuracy"],
+             baseline["accuracy"], metrics["roc_auc"], metrics["f1"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

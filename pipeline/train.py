@@ -1,0 +1,86 @@
+"""Train stage: fit the LSTM on the preprocessed arrays, tracked as one MLflow run.
+
+    python -m pipeline.train [--params params.yaml] [--data data/processed] [--model models/model.keras]
+                             [--run-info models/run.json] [--history plots/history.csv]
+
+The run holds every param (``train.epochs``), per-epoch metrics, the model (mlflow.keras
+flavor), the vocabulary and params.yaml; models/run.json names it for the evaluate stage.
+"""
+
+import argparse
+import csv
+import io
+import logging
+from pathlib import Path
+
+from src.cli import run_stage
+from src.params import load_params
+
+log = logging.getLogger("imdb_lstm.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    parser.add_argument("--data", default="data/processed", help="the preprocess stage's output folder")
+    parser.add_argument("--model", default="models/model.keras", help="where to save the Keras model")
+    parser.add_argument("--run-info", default="models/run.json", help="where to record the MLflow run's id")
+    parser.add_argument("--history", default="plots/history.csv", help="per-epoch metrics, for dvc plots")
+    return parser.parse_args(argv)
+
+
+def history_csv(history: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    from src import tracking
+
+    experiment_id = tracking.connect(params.mlflow.experiment)  # fails fast, before any training
+
+    import mlflow
+
+    from src.fileio import load_npz, write_text
+    from src.model import build_model, compile_model
+    from src.text import read_vocab_json
+    from src.training import make_deterministic, save_model, train
+
+    data = Path(args.data)
+    encoder = read_vocab_json(data / "vocab.json")
+    splits = {name: load_npz(data / f"{name}.npz") for name in ("train", "val")}
+
+    with tracking.tracked_run(**tracking.start_run_arguments(experiment_id, params)) as run:
+        log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, tracking.redact_uri(tracking.tracking_uri()))
+        tracking.log_params(params)
+        mlflow.set_tags(tracking.run_tags(Path.cwd()))
+
+        make_deterministic(params.train.seed)
+        model = build_model(params.model, encoder.vocabulary.num_words, encoder.maxlen)
+        compile_model(model, params.train)
+
+        def on_epoch(record: dict) -> None:
+            log.info("epoch %d: %s", record["epoch"],
+                     ", ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch"))
+            mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"}, step=record["epoch"])
+
+        history = train(model, (splits["train"]["x"], splits["train"]["y"]),
+                        (splits["val"]["x"], splits["val"]["y"]), params.train, on_epoch=on_epoch)
+
+        save_model(model, args.model)
+        write_text(args.history, history_csv(history))
+        tracking.log_keras_model(model, encoder.maxlen)
+        mlflow.log_artifact(str(data / "vocab.json"))
+        mlflow.log_artifact(args.params)
+        mlflow.log_artifact(args.history)
+        tracking.write_run_info(Path(args.run_info), run)
+    log.info("saved %s; MLflow run %s", args.model, run.info.run_id)
+
+
+if __name__ == "__main__":
+    run_stage(main)

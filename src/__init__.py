@@ -1,0 +1,1 @@
+"""imdb-lstm: the library behind the pipeline stages in pipeline/."""

@@ -1,0 +1,41 @@
+"""What every stage script shares: logging set-up and turning errors into one clear line."""
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from src.errors import PipelineError, Terminated
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"received signal {signum}")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(): a PipelineError becomes one line on stderr and exit code 2.
+
+    SIGTERM is raised as Terminated, so temporary files are removed and MLflow runs are
+    marked KILLED on the way out, as for Ctrl-C.
+    """
+    setup_logging()
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        main()
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)

@@ -1,0 +1,255 @@
+"""Readers for what the download stage leaves in data/raw, and the train/validation split.
+
+data/raw holds source.json ({"source": "aclimdb" | "keras", ...}) and either Stanford's
+aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt or Keras' imdb.npz + imdb_word_index.json.
+"""
+
+import io
+import itertools
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.errors import DataError
+
+SOURCES = ("aclimdb", "keras")
+_CLASSES = (("neg", 0), ("pos", 1))
+_KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# All that unpickling a numpy object array of Python lists of ints needs (numpy >= 2 spells
+# the module numpy._core, older numpy numpy.core). Anything else could run code.
+_NUMPY_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+})
+_UNPICKLING_ERRORS = (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError, IndexError, KeyError)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Labelled review texts (label 1 = positive, 0 = negative), in a fixed order."""
+
+    train_texts: list[str]
+    train_labels: np.ndarray  # int8
+    test_texts: list[str]
+    test_labels: np.ndarray  # int8
+
+
+@dataclass(frozen=True)
+class RankedCorpus:
+    """Keras' imdb.npz: each review a list of word ranks (1 = most frequent word)."""
+
+    train_ranks: list[list[int]]
+    train_labels: np.ndarray  # int8
+    test_ranks: list[list[int]]
+    test_labels: np.ndarray  # int8
+    word_index: dict[str, int]  # word -> rank
+
+
+def _read_texts(folder: Path) -> list[str]:
+    """Every *.txt in ``folder``, in file-name order."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; the aclImdb download is incomplete, run the download stage again")
+    names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".txt") and entry.is_file())
+    if not names:
+        raise DataError(f"{folder}: no reviews (*.txt files); the aclImdb download is incomplete, "
+                        "run the download stage again")
+    texts = []
+    for name in names:
+        with open(folder / name, "rb") as file:
+            texts.append(file.read().decode("utf-8", errors="replace"))
+    return texts
+
+
+def _read_aclimdb_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
+    texts, labels = [], []
+    for name, label in _CLASSES:
+        found = _read_texts(root / split / name)
+        texts += found
+        labels += [label] * len(found)
+    return texts, np.array(labels, dtype=np.int8)
+
+
+def read_aclimdb(folder: str | Path) -> Corpus:
+    """The reviews under ``folder``/aclImdb: negative then positive, each in file-name order."""
+    root = Path(folder) / "aclImdb"
+    if not root.is_dir():
+        raise DataError(f"{root}: not found; run the download stage with data.source: aclimdb")
+    train_texts, train_labels = _read_aclimdb_split(root, "train")
+    test_texts, test_labels = _read_aclimdb_split(root, "test")
+    return Corpus(train_texts, train_labels, test_texts, test_labels)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds numpy object arrays of plain Python values; refuses every other global."""
+
+    def __init__(self, file, where: str):
+        super().__init__(file)
+        self.where = where
+
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name} from {self.where}: an IMDB array needs only numpy "
+                        "and lists of ints, so the file is corrupted or malicious; download it again")
+
+
+def _read_npy(data: bytes, where: str) -> np.ndarray:
+    """One .npy: plain arrays with allow_pickle=False, object arrays with _ArrayUnpickler."""
+    stream = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        if major not in (1, 2, 3):
+            raise ValueError(f"unsupported .npy version {major}")
+        # Versions 2 and 3 differ only in the header's text encoding, not its layout.
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+        if not dtype.hasobject:
+            stream.seek(0)
+            return np.lib.format.read_array(stream, allow_pickle=False)
+        array = _ArrayUnpickler(stream, where).load()
+    except _UNPICKLING_ERRORS as error:
+        raise DataError(f"{where}: not a readable array ({error}); download it again") from None
+    if not isinstance(array, np.ndarray) or array.shape != shape or not array.dtype.hasobject:
+        raise DataError(f"{where}: does not hold the object array its header announces; download it again")
+    return array
+
+
+def _read_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+            missing = [name for name in names if f"{name}.npy" not in members]
+            if missing:
+                raise DataError(f"{path}: has no {', '.join(missing)}; it is not Keras' imdb.npz, download it again")
+            return {name: _read_npy(archive.read(f"{name}.npy"), f"{path}:{name}") for name in names}
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the download stage with data.source: keras") from None
+    except zipfile.BadZipFile:
+        raise DataError(f"{path}: not an .npz (zip) file; download it again") from None
+
+
+def _ranks(array: np.ndarray, where: str) -> list[list[int]]:
+    """An object array of reviews as lists of non-negative ints, checked."""
+    if array.ndim != 1 or not array.dtype.hasobject or len(array) == 0:
+        raise DataError(f"{where}: must be a non-empty 1-D array of reviews (lists of word ranks)")
+    reviews = array.tolist()
+    if not all(type(review) is list for review in reviews):
+        raise DataError(f"{where}: every review must be a list of word ranks")
+    if not set(map(type, itertools.chain.from_iterable(reviews))) <= {int}:
+        raise DataError(f"{where}: word ranks must be integers")
+    try:
+        ranks = np.fromiter(itertools.chain.from_iterable(reviews), dtype=np.int64)
+    except OverflowError:
+        raise DataError(f"{where}: word ranks out of range") from None
+    if ranks.size and ranks.min() < 0:
+        raise DataError(f"{where}: word ranks must not be negative")
+    return reviews
+
+
+def _labels(array: np.ndarray, count: int, where: str) -> np.ndarray:
+    if array.shape != (count,) or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise DataError(f"{where}: must hold one integer label per review ({count})")
+    if not np.isin(array, (0, 1)).all():
+        raise DataError(f"{where}: labels must be 0 (negative) or 1 (positive)")
+    return array.astype(np.int8)
+
+
+def read_word_index(path: str | Path) -> dict[str, int]:
+    """Keras' imdb_word_index.json: word -> rank (1 = most frequent)."""
+    try:
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the download stage with data.source: keras") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error}); download it again") from None
+    if not isinstance(index, dict) or not all(
+        type(rank) is int and rank >= 1 for rank in index.values()
+    ):
+        raise DataError(f"{path}: must map words to ranks (integers >= 1)")
+    return index
+
+
+def read_keras(folder: str | Path) -> RankedCorpus:
+    """Keras' imdb.npz and imdb_word_index.json under ``folder``, without running any pickle code."""
+    folder = Path(folder)
+    arrays = _read_npz(folder / "imdb.npz", _KERAS_ARRAYS)
+    train = _ranks(arrays["x_train"], "imdb.npz:x_train")
+    test = _ranks(arrays["x_test"], "imdb.npz:x_test")
+    return RankedCorpus(
+        train_ranks=train,
+        train_labels=_labels(arrays["y_train"], len(train), "imdb.npz:y_train"),
+        test_ranks=test,
+        test_labels=_labels(arrays["y_test"], len(test), "imdb.npz:y_test"),
+        word_index=read_word_index(folder / "imdb_word_index.json"),
+    )
+
+
+def read_source_name(folder: str | Path) -> str:
+    """``source`` in ``folder``/source.json: "aclimdb" or "keras"."""
+    path = Path(folder) / "source.json"
+    if not Path(folder).is_dir():
+        raise DataError(f"{folder}: raw data folder not found; run the download stage first")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the download stage first") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error}); run the download stage again") from None
+    source = info.get("source") if isinstance(info, dict) else None
+    if source not in SOURCES:
+        raise DataError(f"{path}: source must be one of {', '.join(SOURCES)}, got {source!r}; "
+                        "run the download stage again")
+    return source
+
+
+def read_source(folder: str | Path) -> Corpus | RankedCorpus:
+    """Whatever the download stage left in ``folder``, as source.json says."""
+    return read_aclimdb(folder) if read_source_name(folder) == "aclimdb" else read_keras(folder)
+
+
+def ranks_to_texts(reviews: list[list[int]], word_index: dict[str, int]) -> list[str]:
+    """Reviews of word ranks as space-separated words (ranks the index lacks are dropped)."""
+    words = {rank: word for word, rank in word_index.items()}
+    return [" ".join(words[rank] for rank in review if rank in words) for review in reviews]
+
+
+def load_texts(folder: str | Path) -> Corpus:
+    """Review texts of either source (Keras' ranks decoded to words), in read_source's order.
+
+    ``split_train_val(corpus.train_labels, val_fraction, seed)`` then gives preprocessing's split.
+    """
+    corpus = read_source(folder)
+    if isinstance(corpus, Corpus):
+        return corpus
+    return Corpus(
+        ranks_to_texts(corpus.train_ranks, corpus.word_index), corpus.train_labels,
+        ranks_to_texts(corpus.test_ranks, corpus.word_index), corpus.test_labels,
+    )
+
+
+def split_train_val(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of a stratified split, both shuffled, the same for the same seed.
+
+    Each class gives round(val_fraction * its size) reviews to validation, but at least one
+    and never all of them.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label, name in ((0, "negative"), (1, "positive")):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            raise DataError(f"the training reviews hold {len(members)} {name} reviews; at least 2 are needed "
+                            "to split off a validation set (preprocess.val_fraction)")
+        count = min(max(round(val_fraction * len(members)), 1), len(members) - 1)
+        shuffled = rng.permutation(members)
+        val.append(shuffled[:count])
+        train.append(shuffled[count:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))

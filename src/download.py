@@ -1,0 +1,336 @@
+"""Download stage: fetch the IMDB data, verify its sha256 and lay it out for preprocessing.
+
+The fetched file is kept in a downloads folder between runs (and not fetched again while its
+hash verifies); a local file (``file://`` URL or plain path) is used in place. The output
+folder appears whole or not at all and holds ``source.json`` describing what it contains.
+"""
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tarfile
+import time
+import urllib.parse
+import urllib.request
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import requests
+from tqdm import tqdm
+
+from src.errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
+from src.fileio import atomic_dir, atomic_path, write_json
+from src.params import DataParams
+
+log = logging.getLogger("imdb_lstm.download")
+
+# (url, sha256) of each source's official file.
+OFFICIAL = {
+    "aclimdb": ("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"),
+    "keras": ("https://storage.googleapis.com/tensorflow/tf-keras-datasets/imdb.npz",
+              "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f"),
+}
+WORD_INDEX_NAME = "imdb_word_index.json"  # Keras' word index, beside imdb.npz
+MAX_REVIEW_BYTES = 1 << 20  # the longest real review is about 14 KB
+MAX_TOTAL_BYTES = 1 << 30  # the 50,000 labelled reviews are about 130 MB
+CHUNK_BYTES = 1 << 20
+REVIEW_MEMBER = re.compile(r"aclImdb/(train|test)/(pos|neg)/(\d+_\d+\.txt)")
+LOCAL_COPY_HINT = ("download the file elsewhere and set data.url to its path or a file:// URL, "
+                   "and data.sha256 to its hash")
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # aclimdb or keras
+    url: str
+    sha256: str
+    filename: str  # name in the downloads folder
+
+
+class _Transient(Exception):
+    """A failure worth retrying that requests does not raise itself (5xx, short body)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def _redact_text(text: str) -> str:
+    return re.sub(r"//[^/@\s'\"]*@", "//***@", text)
+
+
+def resolve_source(data: DataParams) -> Source:
+    """The URL, expected sha256 and file name to use for ``data`` (empty means official)."""
+    official_url, official_sha256 = OFFICIAL[data.source]
+    url = data.url or official_url
+    filename = urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name)
+    return Source(data.source, url, data.sha256 or official_sha256,
+                  filename or PurePosixPath(official_url).name)
+
+
+def local_path(url: str) -> Path | None:
+    """The file a ``file://`` URL or plain path names; None for http(s) URLs."""
+    if url.startswith(("http://", "https://")):
+        return None
+    if not url.startswith("file://"):
+        return Path(url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise DownloadError(f"{redact_url(url)}: a file:// URL must name a file on this machine")
+    return Path(urllib.request.url2pathname(parts.path))
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, with a progress bar if hashing takes more than a second."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                         unit_divisor=1024, desc=f"sha256 {path.name}",
+                                         disable=None, delay=1.0) as bar:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _checksum_error(where: str, expected: str, actual: str) -> ChecksumError:
+    return ChecksumError(f"{where}: sha256 mismatch: expected {expected}, got {actual}; "
+                         f"if you trust this file, set data.sha256 to {actual}")
+
+
+def _reason(error: Exception, connect_timeout: float, read_timeout: float) -> str:
+    """A short, password-free description of a failed request."""
+    text = _redact_text(str(error))
+    if isinstance(error, requests.ConnectTimeout):
+        return f"no connection within {connect_timeout:g} s"
+    if isinstance(error, requests.ReadTimeout) or "Read timed out" in text:
+        return f"no data for {read_timeout:g} s"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "connection closed before the whole file arrived"
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip().lower()
+    return text if isinstance(error, _Transient) else f"{type(error).__name__}: {text}"
+
+
+def _get_once(url: str, tmp: Path, connect_timeout: float, read_timeout: float) -> str:
+    """One GET of ``url`` into ``tmp``; return the sha256 of what arrived."""
+    headers = {"Accept-Encoding": "identity"}  # the bytes as stored, so Content-Length counts them
+    with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout), headers=headers) as response:
+        status = f"HTTP {response.status_code} {response.reason}"
+        if response.status_code >= 500:
+            raise _Transient(status)
+        if response.status_code >= 400:
+            raise DownloadError(f"could not download {redact_url(url)}: {status}; check data.url, or {LOCAL_COPY_HINT}")
+        size = response.headers.get("Content-Length")
+        expected = int(size) if size and size.isdigit() else None
+        digest, received = hashlib.sha256(), 0
+        with tmp.open("wb") as out, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
+                                         desc=PurePosixPath(urllib.parse.urlsplit(url).path).name,
+                                         disable=None) as bar:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        if expected is not None and "Content-Encoding" not in response.headers and received != expected:
+            raise _Transient(f"connection closed after {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def _get(url: str, tmp: Path, connect_timeout: float, read_timeout: float, attempts: int, backoff: float) -> str:
+    """GET with retries (exponential backoff) on connection errors, timeouts, short bodies and 5xx."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    shown = redact_url(url)
+    retryable = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Transient)
+    for attempt in range(1, attempts + 1):
+        try:
+            return _get_once(url, tmp, connect_timeout, read_timeout)
+        except requests.exceptions.SSLError as error:  # a certificate problem will not go away
+            reason = _reason(error, connect_timeout, read_timeout)
+            raise DownloadError(f"could not download {shown}: {reason}; {LOCAL_COPY_HINT}") from None
+        except retryable as error:
+            reason = _reason(error, connect_timeout, read_timeout)
+            if attempt == attempts:
+                raise DownloadError(f"could not download {shown} ({attempts} attempts, last: {reason}); "
+                                    f"{LOCAL_COPY_HINT}") from None
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning("%s: %s; retrying in %g s (attempt %d of %d)", shown, reason, delay, attempt + 1, attempts)
+            time.sleep(delay)
+        except requests.RequestException as error:  # a malformed URL and the like
+            reason = _reason(error, connect_timeout, read_timeout)
+            raise DownloadError(f"could not download {shown}: {reason}; check data.url") from None
+
+
+def fetch(url: str, dest: str | Path, sha256: str | None, *, connect_timeout: float = 5.0,
+          read_timeout: float = 30.0, attempts: int = 3, backoff: float = 1.0) -> Path:
+    """Download ``url`` to ``dest`` and verify it, unless ``dest`` already verifies; return ``dest``.
+
+    ``sha256=None`` (a file whose hash is not known) keeps any ``dest`` already present.
+    With the defaults an unreachable host fails within 3 * 5 s + 1 s + 2 s of back-off.
+    """
+    dest, shown = Path(dest), redact_url(url)
+    if dest.is_file():
+        if sha256 is None:
+            log.info("%s: already downloaded, not fetching it again", dest)
+            return dest
+        if file_sha256(dest) == sha256:
+            log.info("%s: already downloaded and its sha256 verifies, not fetching it again", dest)
+            return dest
+        log.warning("%s: sha256 does not verify, fetching it again", dest)
+        dest.unlink()
+    log.info("downloading %s to %s", shown, dest)
+    with atomic_path(dest) as tmp:
+        actual = _get(url, tmp, connect_timeout, read_timeout, attempts, backoff)
+        if sha256 is not None and actual != sha256:
+            raise _checksum_error(shown, sha256, actual)
+    return dest
+
+
+def _obtain(url: str, dest: Path, sha256: str | None, fetch_options: dict) -> Path:
+    """A verified local file: ``url`` itself if it is local, else fetched into ``dest``."""
+    path = local_path(url)
+    if path is None:
+        return fetch(url, dest, sha256, **fetch_options)
+    if not path.is_file():
+        raise DownloadError(f"{path}: no such file (from data.url); check the path")
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256:
+            raise _checksum_error(str(path), sha256, actual)
+        log.info("%s: sha256 verified, using it in place", path)
+    return path
+
+
+def _unsafe(archive: Path, problem: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{archive}: refusing the whole archive: {problem}; nothing was extracted")
+
+
+def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
+    """Refuse a member that could write outside the output folder or is not a plain file."""
+    name = member.name
+    if name.startswith("/"):
+        problem = "has an absolute path"
+    elif ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        problem = "has a '..' path component"
+    elif member.issym():
+        problem = f"is a symlink (to {member.linkname!r})"
+    elif member.islnk():
+        problem = f"is a hard link (to {member.linkname!r})"
+    elif member.isdev():
+        problem = "is a device or fifo"
+    else:
+        return
+    raise _unsafe(archive, f"member {name!r} {problem}")
+
+
+def _read_reviews(archive: Path):
+    """Yield (split, label, file name, text bytes) of each review, checking every member of the archive."""
+    total, seen = 0, set()
+    try:
+        with tarfile.open(archive, "r|gz") as tar:
+            for member in tar:
+                _check_member(archive, member)
+                match = REVIEW_MEMBER.fullmatch(member.name)
+                if not (match and member.isreg()):
+                    continue
+                if member.name in seen:
+                    raise _unsafe(archive, f"member {member.name!r} appears twice")
+                if member.size > MAX_REVIEW_BYTES:
+                    raise _unsafe(archive, f"member {member.name!r} is {member.size} bytes, more than the "
+                                           f"{MAX_REVIEW_BYTES} allowed for a review")
+                total += member.size
+                if total > MAX_TOTAL_BYTES:
+                    raise _unsafe(archive, f"its reviews exceed {MAX_TOTAL_BYTES} bytes in total")
+                seen.add(member.name)
+                yield *match.groups(), tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{archive}: not a readable .tar.gz archive ({error}); "
+                        "check data.url and data.source") from None
+
+
+def safe_extract_reviews(archive: str | Path, out_dir: str | Path) -> int:
+    """Extract the labelled reviews of an aclImdb .tar.gz to ``out_dir``/aclImdb; return how many.
+
+    Only aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt regular files are written, in one pass;
+    an unsafe member anywhere refuses the whole archive and leaves nothing behind.
+    """
+    archive, counts = Path(archive), Counter()
+    with atomic_dir(Path(out_dir) / "aclImdb") as tmp:
+        for split, label, name, text in _read_reviews(archive):
+            folder = tmp / split / label
+            if not counts[split, label]:
+                folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(text)
+            counts[split, label] += 1
+        if not counts:
+            raise DataError(f"{archive}: no reviews found (expected aclImdb/<train|test>/<pos|neg>/"
+                            "<id>_<rating>.txt); check data.url and data.source")
+        empty = [f"aclImdb/{split}/{label}" for split in ("train", "test") for label in ("pos", "neg")
+                 if not counts[split, label]]
+        if empty:
+            raise DataError(f"{archive}: no reviews in {', '.join(empty)}; the archive is incomplete")
+    log.info("extracted %d reviews (%s)", sum(counts.values()),
+             ", ".join(f"{split}/{label}: {n}" for (split, label), n in sorted(counts.items())))
+    return sum(counts.values())
+
+
+def check_word_index(path: Path) -> str:
+    """Check ``path`` is a JSON object of word -> positive int rank; return its sha256."""
+    try:
+        index = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error}); expected Keras' {WORD_INDEX_NAME}") from None
+    if not (isinstance(index, dict) and index and all(
+            isinstance(rank, int) and not isinstance(rank, bool) and rank > 0 for rank in index.values())):
+        raise DataError(f"{path}: not a word index (a JSON object of word -> positive integer rank)")
+    return file_sha256(path)
+
+
+def word_index_url(npz_url: str) -> str:
+    """The URL or path of the word index that sits beside ``npz_url``."""
+    path = local_path(npz_url)
+    if path is None or npz_url.startswith("file://"):
+        return urllib.parse.urljoin(npz_url, WORD_INDEX_NAME)
+    return str(path.parent / WORD_INDEX_NAME)
+
+
+def _keras_word_index(npz_url: str, downloads_dir: Path, fetch_options: dict) -> tuple[Path, str]:
+    """The word index beside the npz, and its sha256; a bad downloaded copy is deleted."""
+    url = word_index_url(npz_url)
+    path = _obtain(url, downloads_dir / WORD_INDEX_NAME, None, fetch_options)
+    try:
+        return path, check_word_index(path)
+    except DataError:
+        if local_path(url) is None:
+            path.unlink()
+        raise
+
+
+def download(data: DataParams, downloads_dir: str | Path = "data/downloads", out_dir: str | Path = "data/raw",
+             **fetch_options) -> dict:
+    """Fetch and verify ``data``'s file, write ``out_dir`` (with source.json) and return its record."""
+    source, downloads_dir = resolve_source(data), Path(downloads_dir)
+    archive = _obtain(source.url, downloads_dir / source.filename, source.sha256, fetch_options)
+    record = {"source": source.name, "url": redact_url(source.url), "sha256": source.sha256,
+              "bytes": archive.stat().st_size}
+    if source.name == "keras":
+        word_index, record["word_index_sha256"] = _keras_word_index(source.url, downloads_dir, fetch_options)
+    with atomic_dir(out_dir) as tmp:
+        if source.name == "aclimdb":
+            safe_extract_reviews(archive, tmp)
+        else:
+            shutil.copyfile(archive, tmp / "imdb.npz")
+            shutil.copyfile(word_index, tmp / WORD_INDEX_NAME)
+        write_json(tmp / "source.json", record)
+    log.info("wrote %s: %s data from %s (sha256 %s)", out_dir, source.name, record["url"], source.sha256)
+    return record

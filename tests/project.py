@@ -1,0 +1,73 @@
+"""A throw-away copy of this repository (git + DVC) whose params point at tiny synthetic data."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from synthetic import write_aclimdb_tarball
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("src", "pipeline", "dvc.yaml", "params.yaml", "requirements.txt", "MLproject",
+                 "python_env.yaml", ".gitignore", ".dvcignore")
+
+TINY = {
+    "preprocess": {"num_words": 60, "maxlen": 24},
+    "model": {"embedding_dim": 8, "units": 8, "layers": 1, "bidirectional": False, "dropout": 0.0,
+              "recurrent_dropout": 0.0, "pooling": "last"},
+    "train": {"batch_size": 16, "epochs": 2, "early_stopping_patience": 0},
+}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for commands in a tiny project: local MLflow store, a git identity."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "DVC_"))}
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
+               PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, timeout: float = 600, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def dvc(cwd: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, **kwargs)
+
+
+def update_params(root: Path, changes: dict) -> None:
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(root: Path, data_dir: Path, train: int = 160, test: int = 80) -> Path:
+    """Copy the project into ``root``, point it at a tiny tarball, and commit it."""
+    root.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, root / name)
+    tarball = write_aclimdb_tarball(data_dir / "aclImdb_tiny.tar.gz", train=train, test=test)
+    sha256 = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    update_params(root, {"data": {"url": tarball.as_uri(), "sha256": sha256}, **TINY})
+    run(["git", "init", "-q", "-b", "main"], root)
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "tiny project"], root)
+    return root

@@ -1,0 +1,110 @@
+"""build_model and compile_model: structure for every option, sizes against the seeds' own summaries."""
+
+import dataclasses
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from src.model import OPTIMIZERS, build_model, compile_model
+from src.params import ModelParams
+
+NUM_WORDS, MAXLEN = 60, 24
+
+
+def model_params(**changes) -> ModelParams:
+    base = ModelParams(embedding_dim=8, units=6, layers=1, bidirectional=False, dropout=0.0,
+                       recurrent_dropout=0.0, pooling="last")
+    return dataclasses.replace(base, **changes)
+
+
+def random_ids(count: int, seed: int = 0) -> np.ndarray:
+    """Pre-padded reviews of random length (at least the start id 1 and one word)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((count, MAXLEN), dtype=np.int32)
+    for row in x:
+        length = rng.integers(2, MAXLEN + 1)
+        row[MAXLEN - length:] = np.concatenate([[1], rng.integers(2, NUM_WORDS, size=length - 1)])
+    return x
+
+
+OPTIONS = list(itertools.product((1, 2), (False, True), ("last", "max"), (0.0, 0.3)))
+
+
+@pytest.mark.parametrize("layers, bidirectional, pooling, dropout", OPTIONS)
+def test_structure_and_output_for_every_option(layers, bidirectional, pooling, dropout):
+    params = model_params(layers=layers, bidirectional=bidirectional, pooling=pooling,
+                          dropout=dropout, recurrent_dropout=dropout / 2)
+    model = build_model(params, NUM_WORDS, MAXLEN)
+
+    recurrent = model.layers[1:1 + layers]
+    expected_types = (["Embedding"] + [("Bidirectional" if bidirectional else "LSTM")] * layers
+                      + (["GlobalMaxPooling1D"] if pooling == "max" else []) + ["Dense"])
+    assert [type(layer).__name__ for layer in model.layers] == expected_types
+    assert model.layers[0].input_dim == NUM_WORDS and model.layers[0].output_dim == 8
+    assert model.layers[0].mask_zero
+    for index, layer in enumerate(recurrent):
+        lstm = layer.forward_layer if bidirectional else layer
+        assert lstm.units == 6
+        assert lstm.dropout == dropout and lstm.recurrent_dropout == dropout / 2
+        assert lstm.return_sequences == (index < layers - 1 or pooling == "max")
+    assert model.layers[-1].units == 1 and model.layers[-1].activation.__name__ == "sigmoid"
+
+    width = 12 if bidirectional else 6
+    assert model.layers[-2].output.shape == (None, width)
+    probabilities = np.asarray(model(random_ids(5), training=False))
+    assert probabilities.shape == (5, 1)
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+
+
+@pytest.mark.parametrize("params, num_words, expected", [
+    # Parameter counts printed by the seed notebooks' model.summary() (Keras 2).
+    (ModelParams(128, 128, 1, False, 0.2, 0.2, "last"), 20_000, 2_691_713),  # seed one
+    (ModelParams(32, 100, 1, False, 0.0, 0.0, "last"), 5_000, 213_301),  # seed two
+])
+def test_seed_models_have_the_seeds_parameter_counts(params, num_words, expected):
+    assert build_model(params, num_words, maxlen=80).count_params() == expected
+
+
+def test_bidirectional_and_stacked_sizes_by_hand():
+    params = model_params(layers=2, bidirectional=True)
+    lstm = lambda inputs, units: 4 * (units * (inputs + units) + units)  # noqa: E731 (gates' weights)
+    expected = NUM_WORDS * 8 + 2 * lstm(8, 6) + 2 * lstm(12, 6) + (12 + 1)
+    assert build_model(params, NUM_WORDS, MAXLEN).count_params() == expected
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_mask_makes_pre_and_post_padding_equivalent(bidirectional):
+    keras.utils.set_random_seed(3)
+    model = build_model(model_params(layers=2, bidirectional=bidirectional), NUM_WORDS, MAXLEN)
+    pre = random_ids(6, seed=1)
+    post = np.zeros_like(pre)
+    for row_pre, row_post in zip(pre, post):
+        words = row_pre[row_pre != 0]
+        row_post[:len(words)] = words
+    np.testing.assert_allclose(model(pre, training=False), model(post, training=False), rtol=1e-5, atol=1e-6)
+
+
+def test_without_mask_padding_changes_the_prediction():
+    """The reference point for the test above: unmasked, the LSTM reads the padding."""
+    keras.utils.set_random_seed(3)
+    model = build_model(model_params(), NUM_WORDS, MAXLEN, mask_zero=False)
+    pre = random_ids(6, seed=1)
+    post = np.stack([np.concatenate([row[row != 0], row[row == 0]]) for row in pre])
+    assert not np.allclose(model(pre, training=False), model(post, training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_compile_for_every_optimizer(name, tiny_params):
+    train_params = dataclasses.replace(tiny_params.train, optimizer=name, learning_rate=0.05)
+    model = build_model(model_params(), NUM_WORDS, MAXLEN)
+    compile_model(model, train_params)
+
+    assert type(model.optimizer).__name__ == OPTIMIZERS[name]
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    x, y = random_ids(8), np.array([0, 1] * 4, dtype="float32")
+    before = [w.copy() for w in model.get_weights()]
+    loss, accuracy = model.train_on_batch(x, y)
+    assert np.isfinite(loss) and 0 <= accuracy <= 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

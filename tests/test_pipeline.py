@@ -1,0 +1,135 @@
+"""The whole DVC pipeline on tiny data, and what it leaves in MLflow."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from project import dvc, make_project, update_params
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny project after one full `dvc repro`."""
+    base = tmp_path_factory.mktemp("pipeline")
+    root = make_project(base / "project", base / "data")
+    first = dvc(root, "repro")
+    return root, first.stdout + first.stderr
+
+
+@pytest.fixture(scope="module")
+def store(project):
+    root, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def run(project, store):
+    root, _ = project
+    run_id = json.loads((root / "models" / "run.json").read_text())["run_id"]
+    return store.get_run(run_id)
+
+
+def test_repro_runs_every_stage_and_writes_every_output(project):
+    root, output = project
+    for stage in ("download", "preprocess", "baseline", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in output
+    for path in ("data/raw/source.json", "data/processed/train.npz", "data/processed/vocab.json",
+                 "models/model.keras", "models/run.json", "metrics/preprocess.json", "metrics/baseline.json",
+                 "metrics/evaluate.json", "plots/history.csv", "plots/confusion.csv", "plots/roc.csv",
+                 "plots/confusion.png", "plots/roc.png", "plots/training_curves.png"):
+        assert (root / path).is_file(), path
+    assert (root / "mlflow.db").is_file()
+
+
+def test_second_repro_runs_nothing(project):
+    root, _ = project
+    second = dvc(root, "repro")
+    assert "Running stage" not in second.stdout
+    assert dvc(root, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_metrics_and_plots_are_visible_to_dvc(project):
+    root, _ = project
+    shown = json.loads(dvc(root, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    evaluate = files["metrics/evaluate.json"]["data"]
+    assert 0.0 <= evaluate["accuracy"] <= 1.0 and "roc_auc" in evaluate and "f1" in evaluate
+    assert "accuracy" in files["metrics/baseline.json"]["data"]
+    assert files["metrics/preprocess.json"]["data"]
+    html = dvc(root, "plots", "show", "--json").stdout
+    for name in ("history.csv", "confusion.csv", "roc.csv", "training_curves.png"):
+        assert name in html
+
+
+def test_one_finished_run_holds_every_param(project, store, run):
+    root, _ = project
+    experiment = store.get_experiment_by_name("imdb-lstm")
+    runs = store.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [run.info.run_id]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"lstm-u8-e{EPOCHS}"
+    params = run.data.params
+    assert params["train.epochs"] == str(EPOCHS)
+    assert params["model.units"] == "8"
+    assert params["preprocess.maxlen"] == "24"
+    assert params["evaluate.threshold"] == "0.5"
+    assert params["data.url"].startswith("file://")
+    assert len(params) == 24
+
+
+def test_run_holds_per_epoch_test_and_baseline_metrics(project, store, run):
+    root, _ = project
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "reviews_per_second"):
+        history = store.get_metric_history(run.info.run_id, key)
+        assert [point.step for point in history] == list(range(1, EPOCHS + 1)), key
+    evaluate = json.loads((root / "metrics" / "evaluate.json").read_text())
+    baseline = json.loads((root / "metrics" / "baseline.json").read_text())
+    metrics = run.data.metrics
+    for key in ("accuracy", "loss", "roc_auc", "precision", "recall", "f1"):
+        assert metrics[f"test_{key}"] == pytest.approx(evaluate[key])
+        assert metrics[f"baseline_{key}"] == pytest.approx(baseline[key])
+
+
+def test_run_holds_artifacts_and_tags(store, run):
+    names = {item.path for item in store.list_artifacts(run.info.run_id)}
+    assert {"model", "vocab.json", "params.yaml", "dvc.lock", "plots", "history.csv"} <= names
+    plots = {item.path for item in store.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion.png", "plots/roc.png", "plots/training_curves.png"} <= plots
+    tags = run.data.tags
+    assert len(tags["git.commit"]) == 40
+    assert tags["git.dirty"] in ("true", "false")
+    assert tags["dvc.data/processed.md5"].endswith(".dir")
+    assert tags["dvc.data/raw.md5"].endswith(".dir")
+
+
+def test_logged_model_predicts_exactly_what_the_saved_one_does(project, run):
+    root, _ = project
+    import keras
+
+    from src.fileio import load_npz
+
+    x = load_npz(root / "data" / "processed" / "test.npz")["x"]
+    saved = keras.saving.load_model(root / "models" / "model.keras", compile=False, safe_mode=True)
+    logged = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_array_equal(saved.predict(x, verbose=0), logged.predict(x, verbose=0))
+
+
+def test_changing_only_epochs_reruns_only_train_and_evaluate(project, store):
+    root, _ = project
+    update_params(root, {"train": {"epochs": 1}})
+    result = dvc(root, "repro")
+    output = result.stdout
+    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
+    for stage in ("download", "preprocess", "baseline"):
+        assert f"Running stage '{stage}'" not in output
+    runs = store.search_runs([store.get_experiment_by_name("imdb-lstm").experiment_id])
+    assert sorted(r.data.params["train.epochs"] for r in runs) == ["1", str(EPOCHS)]
+    assert all(r.info.status == "FINISHED" for r in runs)

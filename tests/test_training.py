@@ -1,0 +1,207 @@
+"""train, make_deterministic, save_model and load_model on tiny synthetic reviews."""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from src.errors import DataError
+from src.model import build_model, compile_model
+from src.training import EPOCH_KEYS, load_model, make_deterministic, predict, save_model, train
+from synthetic import keras_word_index, make_split
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NUM_WORDS, MAXLEN = 60, 24
+TIMING_KEYS = ("epoch_seconds", "reviews_per_second")
+
+
+def encode(texts: list[str], index: dict[str, int]) -> np.ndarray:
+    """A trivial tokenizer: start id 1, rank r -> r + 2, out-of-vocabulary 2, pre-padded and truncated."""
+    x = np.zeros((len(texts), MAXLEN), dtype=np.int32)
+    for row, text in zip(x, texts):
+        words = re.findall(r"[a-z]+", text.replace("<br />", " ").lower())
+        ids = [1] + [index[w] + 2 if w in index and index[w] + 2 < NUM_WORDS else 2 for w in words]
+        ids = ids[-MAXLEN:]
+        row[MAXLEN - len(ids):] = ids
+    return x
+
+
+def synthetic_data(train_count: int = 160, val_count: int = 80):
+    """(x, y) pairs for training and validation, encoded with the training reviews' vocabulary."""
+    train_split, val_split = make_split(train_count, seed=0), make_split(val_count, seed=1)
+    index = keras_word_index([" ".join(re.findall(r"[a-z]+", t.lower())) for t, _ in train_split])
+    return [(encode([t for t, _ in split], index), np.array([y for _, y in split], dtype=np.int8))
+            for split in (train_split, val_split)]
+
+
+def tiny(params, **train_changes):
+    """The tiny params with dropout on (so seeding matters) and a learning rate for few epochs."""
+    model = dataclasses.replace(params.model, dropout=0.2, recurrent_dropout=0.1)
+    changes = {"learning_rate": 0.02, **train_changes}
+    return model, dataclasses.replace(params.train, **changes)
+
+
+def fit_tiny(params, seed: int, **train_changes):
+    """Seed, build, compile and train a tiny model on the synthetic reviews."""
+    model_params, train_params = tiny(params, seed=seed, **train_changes)
+    make_deterministic(train_params.seed)
+    model = build_model(model_params, NUM_WORDS, MAXLEN)
+    compile_model(model, train_params)
+    train_xy, val_xy = synthetic_data()
+    return model, train(model, train_xy, val_xy, train_params)
+
+
+def without_timing(history):
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
+
+
+def assert_same_weights(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_make_deterministic_twice_is_harmless():
+    make_deterministic(1)
+    first = np.random.random()
+    make_deterministic(1)
+    assert np.random.random() == first
+
+
+def test_same_seed_same_weights_and_history_different_seed_different_weights(tiny_params):
+    model_a, history_a = fit_tiny(tiny_params, seed=7)
+    model_b, history_b = fit_tiny(tiny_params, seed=7)
+    model_c, history_c = fit_tiny(tiny_params, seed=8)
+
+    assert_same_weights(model_a.get_weights(), model_b.get_weights())
+    assert without_timing(history_a) == without_timing(history_b)
+    assert any(not np.array_equal(a, c) for a, c in zip(model_a.get_weights(), model_c.get_weights()))
+    assert without_timing(history_a) != without_timing(history_c)
+
+
+def test_a_fresh_process_gives_the_same_weights(tiny_params, tmp_path):
+    """The in-process comparison above is no artefact of shared state: a new process agrees."""
+    code = ("import json, sys, numpy as np; from src.params import params_from_dict; from test_training import fit_tiny;"
+            "model, _ = fit_tiny(params_from_dict(json.loads(sys.argv[2])), seed=7);"
+            "np.savez(sys.argv[1], *model.get_weights())")
+    out = tmp_path / "weights.npz"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", code, str(out), json.dumps(dataclasses.asdict(tiny_params))],
+                   cwd=REPO_ROOT, env=env, check=True)
+
+    model, _ = fit_tiny(tiny_params, seed=7)
+    with np.load(out) as saved:
+        assert_same_weights([saved[f"arr_{i}"] for i in range(len(saved.files))], model.get_weights())
+
+
+def test_model_learns_the_synthetic_reviews(tiny_params):
+    _, history = fit_tiny(tiny_params, seed=0, epochs=6)
+    assert history[-1]["val_accuracy"] > 0.8
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_on_epoch_gets_every_record_as_the_epoch_ends(tiny_params):
+    model_params, train_params = tiny(tiny_params, epochs=3)
+    make_deterministic(0)
+    model = build_model(model_params, NUM_WORDS, MAXLEN)
+    compile_model(model, train_params)
+    (x, y), val_xy = synthetic_data()
+    events, records = [], []
+    starts = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: events.append(f"begin {epoch + 1}"))
+
+    def on_epoch(record):
+        events.append(f"record {record['epoch']}")
+        records.append(record)
+
+    history = train(model, (x, y), val_xy, train_params, callbacks=[starts], on_epoch=on_epoch)
+
+    assert events == ["begin 1", "record 1", "begin 2", "record 2", "begin 3", "record 3"]
+    assert records == history
+    for record in history:
+        assert tuple(record) == EPOCH_KEYS
+        assert all(np.isfinite(value) for value in record.values())
+        assert record["reviews_per_second"] * record["epoch_seconds"] == pytest.approx(len(x))
+        assert 0 <= record["accuracy"] <= 1 and 0 <= record["val_accuracy"] <= 1
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(tiny_params):
+    """Validation labels are the training labels flipped: the better the fit, the worse val_loss."""
+    model_params, train_params = tiny(tiny_params, epochs=10, early_stopping_patience=2)
+    make_deterministic(0)
+    model = build_model(model_params, NUM_WORDS, MAXLEN)
+    compile_model(model, train_params)
+    (x, y), _ = synthetic_data()
+    weights_after = []
+    snapshot = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights_after.append(model.get_weights()))
+
+    history = train(model, (x, y), (x, 1 - y), train_params, callbacks=[snapshot])
+
+    val_losses = [record["val_loss"] for record in history]
+    best = int(np.argmin(val_losses))
+    assert len(history) == best + 1 + 2 < 10
+    assert_same_weights(model.get_weights(), weights_after[best])
+    assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights_after[-1]))
+
+
+def test_bad_arrays_are_refused_before_training(tiny_params):
+    model_params, train_params = tiny(tiny_params)
+    model = build_model(model_params, NUM_WORDS, MAXLEN)
+    compile_model(model, train_params)
+    (x, y), val_xy = synthetic_data(40, 20)
+    too_big = x.copy()
+    too_big[0, -1] = NUM_WORDS
+    with pytest.raises(DataError, match=r"train: token ids must lie in \[0, 60\)"):
+        train(model, (too_big, y), val_xy, train_params)
+    with pytest.raises(DataError, match=r"val: x must be integers of shape \[n, 24\]"):
+        train(model, (x, y), (val_xy[0][:, 1:], val_xy[1]), train_params)
+    with pytest.raises(DataError, match="y must have shape"):
+        train(model, (x, y[1:]), val_xy, train_params)
+
+
+def test_save_and_load_predict_identically(tiny_params, tmp_path):
+    model, _ = fit_tiny(tiny_params, seed=3, epochs=1)
+    (x, _), _ = synthetic_data()
+    path = tmp_path / "models" / "model.keras"
+    save_model(model, path)
+    save_model(model, path)  # overwriting an existing file works too
+
+    loaded = load_model(path)
+    assert os.listdir(path.parent) == ["model.keras"]  # no temporary file left behind
+    np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+    assert predict(model, x).shape == (len(x),)
+    with pytest.raises(ValueError, match="must end in .keras"):
+        save_model(model, tmp_path / "model.h5")
+
+
+def test_load_model_refuses_missing_and_corrupt_files(tiny_params, tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_model(tmp_path / "missing.keras")
+
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a zip archive at all")
+    with pytest.raises(DataError, match="not a readable Keras model"):
+        load_model(garbage)
+
+    model = build_model(tiny(tiny_params)[0], NUM_WORDS, MAXLEN)
+    whole = tmp_path / "whole.keras"
+    save_model(model, whole)
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(DataError, match="not a readable Keras model"):
+        load_model(truncated)
+
+    bad_config = tmp_path / "bad_config.keras"
+    with zipfile.ZipFile(whole) as source, zipfile.ZipFile(bad_config, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"{not json" if name == "config.json" else source.read(name))
+    with pytest.raises(DataError, match="not a readable Keras model"):
+        load_model(bad_config)
