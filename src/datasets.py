@@ -1,13 +1,16 @@
 """Readers for what the download stage leaves in data/raw, and the train/validation split.
 
-data/raw holds source.json ({"source": "aclimdb" | "keras", ...}) and either Stanford's
-aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt or Keras' imdb.npz + imdb_word_index.json.
+data/raw holds source.json ({"source": "aclimdb" | "keras", ...}) and either Keras' imdb.npz +
+imdb_word_index.json or Stanford's labelled reviews as aclImdb/train.jsonl and aclImdb/test.jsonl,
+one review per line: {"id": int, "rating": int, "label": 1 (pos) | 0 (neg), "text": str},
+negative reviews first, then positive, each in file-name order. (The download stage writes
+one file per split, not Stanford's one file per review, because tens of thousands of tiny
+files are slow to create and slow for DVC to hash and cache.)
 """
 
 import io
 import itertools
 import json
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +21,9 @@ import numpy as np
 from src.errors import DataError
 
 SOURCES = ("aclimdb", "keras")
-_CLASSES = (("neg", 0), ("pos", 1))
+_CLASSES = ((0, "negative"), (1, "positive"))
+_RECORD_KEYS = ("id", "rating", "label", "text")  # of each line of aclImdb/{train,test}.jsonl
+_RECORD_KEY_SET = frozenset(_RECORD_KEYS)
 _KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # All that unpickling a numpy object array of Python lists of ints needs (numpy >= 2 spells
 # the module numpy._core, older numpy numpy.core). Anything else could run code.
@@ -52,37 +57,47 @@ class RankedCorpus:
     word_index: dict[str, int]  # word -> rank
 
 
-def _read_texts(folder: Path) -> list[str]:
-    """Every *.txt in ``folder``, in file-name order."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found; the aclImdb download is incomplete, run the download stage again")
-    names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".txt") and entry.is_file())
-    if not names:
-        raise DataError(f"{folder}: no reviews (*.txt files); the aclImdb download is incomplete, "
-                        "run the download stage again")
-    texts = []
-    for name in names:
-        with open(folder / name, "rb") as file:
-            texts.append(file.read().decode("utf-8", errors="replace"))
-    return texts
+def _bad_line(path: Path, number: int, problem: str) -> DataError:
+    return DataError(f"{path}: line {number}: {problem}; the aclImdb download is damaged, run the download stage again")
 
 
-def _read_aclimdb_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
+def _read_jsonl_split(path: Path) -> tuple[list[str], np.ndarray]:
+    """The texts and labels of one split's .jsonl, in line order, every record checked."""
     texts, labels = [], []
-    for name, label in _CLASSES:
-        found = _read_texts(root / split / name)
-        texts += found
-        labels += [label] * len(found)
-    return texts, np.array(labels, dtype=np.int8)
+    try:
+        with open(path, "rb") as file:
+            for number, line in enumerate(file, start=1):
+                try:
+                    record = json.loads(line)
+                except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+                    raise _bad_line(path, number, f"not valid JSON ({error})") from None
+                if not isinstance(record, dict) or record.keys() != _RECORD_KEY_SET:
+                    raise _bad_line(path, number, f"expected a JSON object with keys {', '.join(_RECORD_KEYS)}")
+                if type(record["id"]) is not int or type(record["rating"]) is not int:
+                    raise _bad_line(path, number, "id and rating must be integers")
+                if type(record["label"]) is not int or record["label"] not in (0, 1):
+                    raise _bad_line(path, number, "label must be 0 (negative) or 1 (positive)")
+                if type(record["text"]) is not str:
+                    raise _bad_line(path, number, "text must be a string")
+                texts.append(record["text"])
+                labels.append(record["label"])
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; the aclImdb download is incomplete, run the download stage again") from None
+    labels = np.array(labels, dtype=np.int8)
+    for label, name in _CLASSES:
+        if not np.any(labels == label):
+            raise DataError(f"{path}: no {name} reviews; the aclImdb download is incomplete, "
+                            "run the download stage again")
+    return texts, labels
 
 
 def read_aclimdb(folder: str | Path) -> Corpus:
-    """The reviews under ``folder``/aclImdb: negative then positive, each in file-name order."""
+    """The reviews in ``folder``/aclImdb/{train,test}.jsonl, in line order (negative, then positive)."""
     root = Path(folder) / "aclImdb"
     if not root.is_dir():
         raise DataError(f"{root}: not found; run the download stage with data.source: aclimdb")
-    train_texts, train_labels = _read_aclimdb_split(root, "train")
-    test_texts, test_labels = _read_aclimdb_split(root, "test")
+    train_texts, train_labels = _read_jsonl_split(root / "train.jsonl")
+    test_texts, test_labels = _read_jsonl_split(root / "test.jsonl")
     return Corpus(train_texts, train_labels, test_texts, test_labels)
 
 

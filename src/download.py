@@ -3,6 +3,14 @@
 The fetched file is kept in a downloads folder between runs (and not fetched again while its
 hash verifies); a local file (``file://`` URL or plain path) is used in place. The output
 folder appears whole or not at all and holds ``source.json`` describing what it contains.
+
+From aclImdb's archive only the labelled reviews are kept, as one JSON Lines file per split,
+``aclImdb/train.jsonl`` and ``aclImdb/test.jsonl``, rather than one file per review: tens of
+thousands of tiny files are slow to create and slow for DVC to hash and cache. Each line is
+``{"id": 123, "rating": 8, "label": 1, "text": "..."}`` (id and rating from the member's name
+``<id>_<rating>.txt``, label 1 for pos and 0 for neg, text decoded as UTF-8 with undecodable
+bytes replaced); negative reviews come first, then positive, each in file-name order, whatever
+the order of the archive's members.
 """
 
 import hashlib
@@ -15,7 +23,6 @@ import time
 import urllib.parse
 import urllib.request
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -40,6 +47,8 @@ MAX_REVIEW_BYTES = 1 << 20  # the longest real review is about 14 KB
 MAX_TOTAL_BYTES = 1 << 30  # the 50,000 labelled reviews are about 130 MB
 CHUNK_BYTES = 1 << 20
 REVIEW_MEMBER = re.compile(r"aclImdb/(train|test)/(pos|neg)/(\d+_\d+\.txt)")
+SPLITS = ("train", "test")
+LABELS = {"neg": 0, "pos": 1}  # in line order: negative reviews first, as read_aclimdb has always returned them
 LOCAL_COPY_HINT = ("download the file elsewhere and set data.url to its path or a file:// URL, "
                    "and data.sha256 to its hash")
 
@@ -258,27 +267,37 @@ def _read_reviews(archive: Path):
                         "check data.url and data.source") from None
 
 
-def safe_extract_reviews(archive: str | Path, out_dir: str | Path) -> int:
-    """Extract the labelled reviews of an aclImdb .tar.gz to ``out_dir``/aclImdb; return how many.
+def _review_line(name: str, label: int, data: bytes) -> str:
+    """One JSON Lines record of the review ``data`` in member ``name`` (``<id>_<rating>.txt``)."""
+    review_id, rating = name.removesuffix(".txt").split("_")
+    return json.dumps({"id": int(review_id), "rating": int(rating), "label": label,
+                       "text": data.decode("utf-8", errors="replace")}, ensure_ascii=False) + "\n"
 
-    Only aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt regular files are written, in one pass;
-    an unsafe member anywhere refuses the whole archive and leaves nothing behind.
+
+def safe_extract_reviews(archive: str | Path, out_dir: str | Path) -> int:
+    """Write the labelled reviews of an aclImdb .tar.gz to ``out_dir``/aclImdb/{train,test}.jsonl; return how many.
+
+    Only aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt regular files are kept, read in one pass
+    (at most MAX_TOTAL_BYTES of them are held in memory, to be written in a fixed order); an
+    unsafe member anywhere refuses the whole archive and leaves nothing behind.
     """
-    archive, counts = Path(archive), Counter()
+    archive = Path(archive)
+    reviews = {(split, label): [] for split in SPLITS for label in LABELS}  # (file name, bytes)
     with atomic_dir(Path(out_dir) / "aclImdb") as tmp:
-        for split, label, name, text in _read_reviews(archive):
-            folder = tmp / split / label
-            if not counts[split, label]:
-                folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(text)
-            counts[split, label] += 1
-        if not counts:
+        for split, label, name, data in _read_reviews(archive):
+            reviews[split, label].append((name, data))
+        if not any(reviews.values()):
             raise DataError(f"{archive}: no reviews found (expected aclImdb/<train|test>/<pos|neg>/"
                             "<id>_<rating>.txt); check data.url and data.source")
-        empty = [f"aclImdb/{split}/{label}" for split in ("train", "test") for label in ("pos", "neg")
-                 if not counts[split, label]]
+        empty = [f"aclImdb/{split}/{label}" for (split, label), found in reviews.items() if not found]
         if empty:
             raise DataError(f"{archive}: no reviews in {', '.join(empty)}; the archive is incomplete")
+        for split in SPLITS:
+            with (tmp / f"{split}.jsonl").open("w", encoding="utf-8", newline="\n") as out:
+                for label, number in LABELS.items():
+                    for name, data in sorted(reviews[split, label], key=lambda review: review[0]):
+                        out.write(_review_line(name, number, data))
+    counts = {key: len(found) for key, found in reviews.items()}
     log.info("extracted %d reviews (%s)", sum(counts.values()),
              ", ".join(f"{split}/{label}: {n}" for (split, label), n in sorted(counts.items())))
     return sum(counts.values())

@@ -44,6 +44,26 @@ def review_names(archive: Path) -> list[str]:
                   and n.split("/")[2] in ("pos", "neg") and n.endswith(".txt"))
 
 
+def expected_records(archive: Path) -> dict[str, list[dict]]:
+    """split -> the records its .jsonl must hold, in order: negative then positive, by file name."""
+    with tarfile.open(archive) as tar:
+        texts = {name: tar.extractfile(name).read().decode("utf-8", errors="replace") for name in review_names(archive)}
+    records = {"train": [], "test": []}
+    for name in sorted(texts, key=lambda n: (n.split("/")[2] == "pos", n.split("/")[3])):
+        _, split, side, file_name = name.split("/")
+        review_id, rating = file_name[:-4].split("_")
+        records[split].append({"id": int(review_id), "rating": int(rating), "label": int(side == "pos"),
+                               "text": texts[name]})
+    return records
+
+
+def jsonl_records(path: Path) -> list[dict]:
+    """The records of a .jsonl, checking it is UTF-8 with one "\\n"-terminated line per record."""
+    data = path.read_bytes().decode("utf-8")
+    assert data.endswith("\n") and "\r" not in data
+    return [json.loads(line) for line in data.split("\n")[:-1]]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -130,11 +150,16 @@ def test_aclimdb_over_http(server, tarball, downloads, out):
     assert record == expected
     assert json.loads((out / "source.json").read_text()) == expected
     assert "hunter2" not in (out / "source.json").read_text()
-    reviews = review_names(tarball)
-    assert len(reviews) == 12
-    assert files_under(out) == sorted(reviews + ["source.json"])  # unsup, README, vocab, feat, urls skipped
-    with tarfile.open(tarball) as tar:
-        assert (out / reviews[0]).read_bytes() == tar.extractfile(reviews[0]).read()
+    assert files_under(out) == ["aclImdb/test.jsonl", "aclImdb/train.jsonl", "source.json"]
+    wanted = expected_records(tarball)
+    assert [len(wanted["train"]), len(wanted["test"])] == [8, 4]
+    for split in ("train", "test"):
+        records = jsonl_records(out / "aclImdb" / f"{split}.jsonl")
+        assert records == wanted[split]
+        assert [r["label"] for r in records] == sorted(r["label"] for r in records)  # negative first
+    # Only the labelled reviews are kept: unsup, README, imdb.vocab, labeledBow.feat, urls_*.txt are skipped.
+    texts = {r["text"] for split in ("train", "test") for r in jsonl_records(out / "aclImdb" / f"{split}.jsonl")}
+    assert not texts & {"unlabelled review", "readme", "the\nfilm\n", "0 0:1\n", "http://example.invalid/\n"}
     assert files_under(downloads) == ["aclImdb_v1.tar.gz"]
 
 
@@ -287,6 +312,55 @@ def test_unreachable_host_fails_fast_with_one_line(downloads, out):
 
 # --- extraction ---------------------------------------------------------------------------
 
+def write_members(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
+            add(tar, name, data)
+    return path
+
+
+def test_line_order_does_not_depend_on_member_order(tmp_path):
+    names = [f"aclImdb/{split}/{side}/{number}_{rating}.txt" for split in ("train", "test")
+             for side, rating in (("pos", 8), ("neg", 2)) for number in (10, 2, 1, 30)]
+    members = [(name, f"review {name}".encode()) for name in names]
+    outputs = []
+    for order, listed in (("as_listed", members), ("reversed", members[::-1]),
+                          ("interleaved", members[1::2] + members[::2])):
+        assert safe_extract_reviews(write_members(tmp_path / f"{order}.tar.gz", listed), tmp_path / order) == 16
+        outputs.append([(tmp_path / order / "aclImdb" / f"{split}.jsonl").read_bytes() for split in ("train", "test")])
+    assert outputs[0] == outputs[1] == outputs[2]
+    records = jsonl_records(tmp_path / "as_listed" / "aclImdb" / "train.jsonl")
+    # negative then positive, each in file-name (string) order: "10_2.txt" comes before "1_2.txt" and "2_2.txt"
+    assert [(r["label"], r["id"], r["rating"]) for r in records] == \
+        [(0, 10, 2), (0, 1, 2), (0, 2, 2), (0, 30, 2), (1, 10, 8), (1, 1, 8), (1, 2, 8), (1, 30, 8)]
+    assert records[0]["text"] == "review aclImdb/train/neg/10_2.txt"
+
+
+def test_awkward_texts_round_trip(tmp_path):
+    quoted = 'He said "wow",\nthen \\ left.\r\n\tEnd\u2028.'  # quotes, backslash, CR LF, tab, LINE SEPARATOR
+    unicode = "Café, naïve — 映画 👍"
+    reviews = [  # (member, bytes, text expected), in the expected line order
+        ("aclImdb/train/neg/1_1.txt", b"caf\xe9 \xff\xfe ok \xe2\x82", "caf\ufffd \ufffd\ufffd ok \ufffd"),
+        ("aclImdb/train/neg/2_2.txt", b"", ""),
+        ("aclImdb/train/pos/1_9.txt", quoted.encode(), quoted),
+        ("aclImdb/train/pos/2_8.txt", unicode.encode(), unicode),
+    ]
+    members = [(name, data) for name, data, _ in reviews]
+    members += [(f"aclImdb/test/{side}/0_5.txt", b"fine") for side in ("pos", "neg")]
+    safe_extract_reviews(write_members(tmp_path / "awkward.tar.gz", members), tmp_path / "raw")
+    path = tmp_path / "raw" / "aclImdb" / "train.jsonl"
+    records = jsonl_records(path)  # one line per review: its newlines are escaped
+    assert [r["text"] for r in records] == [text for _, _, text in reviews]
+    assert unicode in path.read_text(encoding="utf-8")  # ensure_ascii=False: stored as UTF-8, not \\u escapes
+
+
+def test_duplicate_member_refuses_the_archive(tmp_path):
+    archive = write_tar(tmp_path / "dup.tar.gz", extra=("aclImdb/train/pos/0_7.txt", {}))
+    with pytest.raises(UnsafeArchiveError, match="'aclImdb/train/pos/0_7.txt' appears twice"):
+        safe_extract_reviews(archive, tmp_path / "raw")
+    assert files_under(tmp_path / "raw") == []
+
+
 UNSAFE_MEMBERS = [
     ("../evil.txt", {}),
     ("aclImdb/train/pos/../../../../evil.txt", {}),
@@ -365,7 +439,9 @@ def test_cli_writes_data_raw(tmp_path, tarball, real_params_dict):
     result = run_cli(tmp_path, with_data(real_params_dict, url=tarball.as_uri(), sha256=sha256(tarball)))
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "data/raw/source.json").read_text())["sha256"] == sha256(tarball)
-    assert len(files_under(tmp_path / "data/raw/aclImdb")) == 12
+    assert files_under(tmp_path / "data/raw/aclImdb") == ["test.jsonl", "train.jsonl"]
+    lines = {split: (tmp_path / f"data/raw/aclImdb/{split}.jsonl").read_text().count("\n") for split in ("train", "test")}
+    assert lines == {"train": 8, "test": 4}
 
 
 @pytest.mark.parametrize("data, says", [

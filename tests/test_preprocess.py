@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 from synthetic import keras_word_index, make_split, write_aclimdb_tarball, write_keras_files
 
 from src.datasets import Corpus, load_texts, read_aclimdb, read_keras, read_source, split_train_val
+from src.download import safe_extract_reviews
 from src.errors import DataError
 from src.preprocess import preprocess, write_outputs
 from src.text import OOV, START, Encoder, build_vocabulary, pad, tokenize
@@ -34,11 +34,8 @@ def write_source(folder: Path, source: str) -> Path:
 @pytest.fixture
 def aclimdb_raw(tmp_path) -> Path:
     """A raw folder as the download stage leaves it for data.source: aclimdb."""
-    tarball = write_aclimdb_tarball(tmp_path / "aclImdb.tar.gz", train=40, test=20)
     folder = tmp_path / "raw"
-    with tarfile.open(tarball) as archive:
-        members = [m for m in archive.getmembers() if m.name.count("/") == 3 and m.name.split("/")[2] in ("pos", "neg")]
-        archive.extractall(folder, members=members, filter="data")
+    safe_extract_reviews(write_aclimdb_tarball(tmp_path / "aclImdb.tar.gz", train=40, test=20), folder)
     return write_source(folder, "aclimdb")
 
 
@@ -51,13 +48,12 @@ def keras_raw(tmp_path) -> Path:
 
 
 def write_aclimdb_folder(folder: Path, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> Path:
+    """A raw aclimdb folder holding (text, label) reviews, one JSON line each, in the order given."""
+    (folder / "aclImdb").mkdir(parents=True)
     for split, reviews in (("train", train), ("test", test)):
-        for side in ("pos", "neg"):
-            (folder / "aclImdb" / split / side).mkdir(parents=True, exist_ok=True)
-        for number, (text, label) in enumerate(reviews):
-            side = "pos" if label == 1 else "neg"
-            path = folder / "aclImdb" / split / side / f"{number:04d}_{8 if label else 2}.txt"
-            path.write_text(text, encoding="utf-8")
+        lines = [json.dumps({"id": number, "rating": 8 if label else 2, "label": label, "text": text}) + "\n"
+                 for number, (text, label) in enumerate(reviews)]
+        (folder / "aclImdb" / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
     return write_source(folder, "aclimdb")
 
 
@@ -79,8 +75,11 @@ def test_read_aclimdb(aclimdb_raw):
     corpus = read_aclimdb(aclimdb_raw)
     assert len(corpus.train_texts) == 40 and len(corpus.test_texts) == 20
     assert corpus.train_labels.dtype == np.int8 and corpus.train_labels.sum() == 20
-    expected = {text: label for text, label in make_split(40, 0)}
-    assert all(expected[text] == label for text, label in zip(corpus.train_texts, corpus.train_labels))
+    for split, count, seed in (("train", 40, 0), ("test", 20, 1)):
+        # write_aclimdb_tarball names review i "<i>_<rating>.txt": negative then positive, in file-name order
+        reviews = sorted(enumerate(make_split(count, seed)), key=lambda review: (review[1][1], f"{review[0]}_"))
+        assert getattr(corpus, f"{split}_texts") == [text for _, (text, _) in reviews]
+        assert getattr(corpus, f"{split}_labels").tolist() == [label for _, (_, label) in reviews]
     assert read_aclimdb(aclimdb_raw).train_texts == corpus.train_texts  # fixed order
 
 
@@ -323,15 +322,53 @@ def test_missing_or_empty_raw_data_is_a_data_error(aclimdb_raw, tmp_path):
     with pytest.raises(DataError, match="source.json: not found"):
         read_source(aclimdb_raw)
     write_source(aclimdb_raw, "aclimdb")
-    for review in (aclimdb_raw / "aclImdb" / "test" / "pos").iterdir():
-        review.unlink()
-    with pytest.raises(DataError, match=r"test/pos: no reviews"):
+    test_file = aclimdb_raw / "aclImdb" / "test.jsonl"
+    negative = [line for line in test_file.read_text(encoding="utf-8").splitlines(keepends=True) if '"label": 0' in line]
+    test_file.write_text("".join(negative), encoding="utf-8")
+    with pytest.raises(DataError, match=r"test.jsonl: no positive reviews; .* run the download stage again"):
         read_source(aclimdb_raw)
-    (aclimdb_raw / "aclImdb" / "test" / "pos").rmdir()
-    with pytest.raises(DataError, match=r"test/pos: folder not found"):
+    test_file.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match=r"test.jsonl: no negative reviews"):
+        read_source(aclimdb_raw)
+    test_file.unlink()
+    with pytest.raises(DataError, match=r"test.jsonl: not found; .* run the download stage again"):
         read_source(aclimdb_raw)
     with pytest.raises(DataError, match="aclImdb: not found"):
         read_source(write_source(tmp_path, "aclimdb"))
+
+
+def test_per_review_files_of_an_older_download_are_a_data_error(tmp_path):
+    """A data/raw from before the JSON Lines layout (a file per review) asks for a new download."""
+    for split in ("train", "test"):
+        for side in ("pos", "neg"):
+            (tmp_path / "aclImdb" / split / side).mkdir(parents=True)
+            (tmp_path / "aclImdb" / split / side / "0_7.txt").write_text("a fine film", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.jsonl: not found; .* run the download stage again"):
+        read_source(write_source(tmp_path, "aclimdb"))
+
+
+GOOD_LINE = {"id": 3, "rating": 8, "label": 1, "text": "a fine film"}
+
+
+@pytest.mark.parametrize("line, problem", [
+    (b"{\"id\": 3, \"rating\": 8,", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b'{"id": 3, "rating": 8, "label": 1, "text": "caf\xe9"}', "not valid JSON"),
+    (b"[3, 8, 1, \"a fine film\"]", "keys id, rating, label, text"),
+    (json.dumps({k: v for k, v in GOOD_LINE.items() if k != "text"}).encode(), "keys id, rating, label, text"),
+    (json.dumps({**GOOD_LINE, "title": "x"}).encode(), "keys id, rating, label, text"),
+    (json.dumps({**GOOD_LINE, "id": "3"}).encode(), "id and rating must be integers"),
+    (json.dumps({**GOOD_LINE, "rating": 8.0}).encode(), "id and rating must be integers"),
+    (json.dumps({**GOOD_LINE, "label": 2}).encode(), "label must be 0"),
+    (json.dumps({**GOOD_LINE, "label": True}).encode(), "label must be 0"),
+    (json.dumps({**GOOD_LINE, "text": None}).encode(), "text must be a string"),
+])
+def test_malformed_line_is_a_data_error_naming_file_and_line(tmp_path, line, problem):
+    folder = write_aclimdb_folder(tmp_path / "raw", [("bad", 0), ("good", 1)], [("bad", 0), ("good", 1)])
+    path = folder / "aclImdb" / "train.jsonl"
+    path.write_bytes(path.read_bytes() + line + b"\n")
+    with pytest.raises(DataError, match=rf"train.jsonl: line 3: .*{problem}.*run the download stage again"):
+        read_aclimdb(folder)
 
 
 def test_keras_folder_of_aclimdb_source_is_a_data_error(keras_raw):
