@@ -64,9 +64,12 @@ def test_metrics_and_plots_are_visible_to_dvc(project):
     assert 0.0 <= evaluate["accuracy"] <= 1.0 and "roc_auc" in evaluate and "f1" in evaluate
     assert "accuracy" in files["metrics/baseline.json"]["data"]
     assert files["metrics/preprocess.json"]["data"]
-    html = dvc(root, "plots", "show", "--json").stdout
-    for name in ("history.csv", "confusion.csv", "roc.csv", "training_curves.png"):
-        assert name in html
+    plots = json.loads(dvc(root, "plots", "show", "--json").stdout)["data"]
+    for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix (test)", "ROC curve (test)"):
+        assert plots[title][0]["type"] == "vega", title
+        assert plots[title][0]["content"]["data"]["values"], f"{title} has no data"
+    for image in ("plots/confusion.png", "plots/roc.png", "plots/training_curves.png"):
+        assert plots[image][0]["type"] == "image", image
 
 
 def test_one_finished_run_holds_every_param(project, store, run):
@@ -100,7 +103,7 @@ def test_run_holds_per_epoch_test_and_baseline_metrics(project, store, run):
 
 def test_run_holds_artifacts_and_tags(store, run):
     names = {item.path for item in store.list_artifacts(run.info.run_id)}
-    assert {"model", "vocab.json", "params.yaml", "dvc.lock", "plots", "history.csv"} <= names
+    assert {"vocab.json", "params.yaml", "dvc.lock", "plots", "history.csv"} <= names
     plots = {item.path for item in store.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/confusion.png", "plots/roc.png", "plots/training_curves.png"} <= plots
     tags = run.data.tags
@@ -108,6 +111,14 @@ def test_run_holds_artifacts_and_tags(store, run):
     assert tags["git.dirty"] in ("true", "false")
     assert tags["dvc.data/processed.md5"].endswith(".dir")
     assert tags["dvc.data/raw.md5"].endswith(".dir")
+
+
+def test_run_holds_the_keras_model_with_a_signature(run):
+    (output,) = run.outputs.model_outputs
+    info = mlflow.models.get_model_info(f"models:/{output.model_id}")
+    assert "keras" in info.flavors
+    inputs = info.signature.inputs.to_dict()
+    assert inputs[0]["tensor-spec"] == {"dtype": "int32", "shape": (-1, 24)}
 
 
 def test_logged_model_predicts_exactly_what_the_saved_one_does(project, run):
