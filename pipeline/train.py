@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = {name: load_npz(data / f"{name}.npz") for name in ("train", "val")}
 
     with tracking.tracked_run(**tracking.start_run_arguments(experiment_id, params)) as run:
-        log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, tracking.redact_uri(tracking.tracking_uri()))
+        log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, tracking.redact_url(tracking.tracking_uri()))
         tracking.log_params(params)
         mlflow.set_tags(tracking.run_tags(Path.cwd()))
 

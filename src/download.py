@@ -32,6 +32,7 @@ from tqdm import tqdm
 from src.errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
 from src.fileio import atomic_dir, atomic_path, write_json
 from src.params import DataParams
+from src.redact import redact_text, redact_url
 
 log = logging.getLogger("imdb_lstm.download")
 
@@ -63,18 +64,6 @@ class Source:
 
 class _Transient(Exception):
     """A failure worth retrying that requests does not raise itself (5xx, short body)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-
-
-def _redact_text(text: str) -> str:
-    return re.sub(r"//[^/@\s'\"]*@", "//***@", text)
 
 
 def resolve_source(data: DataParams) -> Source:
@@ -117,7 +106,7 @@ def _checksum_error(where: str, expected: str, actual: str) -> ChecksumError:
 
 def _reason(error: Exception, connect_timeout: float, read_timeout: float) -> str:
     """A short, password-free description of a failed request."""
-    text = _redact_text(str(error))
+    text = redact_text(str(error))
     if isinstance(error, requests.ConnectTimeout):
         return f"no connection within {connect_timeout:g} s"
     if isinstance(error, requests.ReadTimeout) or "Read timed out" in text:

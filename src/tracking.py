@@ -11,12 +11,12 @@ import logging
 import os
 import subprocess
 import time
-import urllib.parse
 from pathlib import Path
 
 import yaml
 
 from src.errors import PipelineError, Terminated
+from src.redact import redact_url
 
 log = logging.getLogger("imdb_lstm.tracking")
 
@@ -29,11 +29,16 @@ class TrackingError(PipelineError):
     """The MLflow tracking store cannot be used."""
 
 
-def repository_root() -> Path:
-    """The user's repository: DVC_ROOT when DVC runs us, else the checkout holding this code."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    root = Path(__file__).resolve().parents[1]
+def repository_root(code_root: Path | None = None) -> Path:
+    """The user's repository: DVC_ROOT when DVC runs us, else the checkout holding this code.
+
+    A checkout inside <repo>/.dvc/tmp/exps/ is a DVC temporary copy: its repository is <repo>.
+    """
+    if code_root is None:
+        if os.environ.get("DVC_ROOT"):
+            return Path(os.environ["DVC_ROOT"]).resolve()
+        code_root = Path(__file__).resolve().parents[1]
+    root = Path(code_root)
     parts = root.parts
     for i in range(len(parts) - len(_DVC_TEMP_MARKER)):
         if parts[i:i + len(_DVC_TEMP_MARKER)] == _DVC_TEMP_MARKER:
@@ -43,15 +48,6 @@ def repository_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / DEFAULT_DB}"
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without a password (user:secret@host becomes user:***@host)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
@@ -65,11 +61,11 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         response = requests.get(health, timeout=timeout)
     except requests.RequestException as error:
         raise TrackingError(
-            f"MLflow tracking server {redact_uri(uri)} cannot be reached ({type(error).__name__}); "
+            f"MLflow tracking server {redact_url(uri)} cannot be reached ({type(error).__name__}); "
             "start it, or unset MLFLOW_TRACKING_URI to log to mlflow.db in the repository"
         ) from None
     if response.status_code >= 400:
-        raise TrackingError(f"MLflow tracking server {redact_uri(uri)} answered {response.status_code} on /health")
+        raise TrackingError(f"MLflow tracking server {redact_url(uri)} answered {response.status_code} on /health")
 
 
 def connect(experiment: str) -> str:
@@ -88,7 +84,7 @@ def connect(experiment: str) -> str:
             location = (repository_root() / ARTIFACTS_FOLDER).as_uri()
         return mlflow.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"MLflow store {redact_uri(uri)}: {str(error).splitlines()[0]}") from None
+        raise TrackingError(f"MLflow store {redact_url(uri)}: {str(error).splitlines()[0]}") from None
 
 
 def run_name(model, train) -> str:
@@ -174,7 +170,7 @@ def evaluation_run_arguments(run_info: dict, params) -> dict:
     try:
         trained = mlflow.get_run(run_info["run_id"])
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"the train stage's MLflow run {run_info['run_id']} is not in {redact_uri(tracking_uri())} "
+        raise TrackingError(f"the train stage's MLflow run {run_info['run_id']} is not in {redact_url(tracking_uri())} "
                             f"({str(error).splitlines()[0]}); run `dvc repro --force train`") from None
     logged = trained.data.params.get("evaluate.threshold")
     if logged is None or float(logged) == params.evaluate.threshold:
@@ -191,7 +187,7 @@ def evaluation_run_arguments(run_info: dict, params) -> dict:
 
 def _loggable_params(params) -> dict:
     flat = params.flat()
-    flat["data.url"] = redact_uri(flat["data.url"])
+    flat["data.url"] = redact_url(flat["data.url"])
     return flat
 
 
@@ -238,7 +234,7 @@ def write_run_info(path: Path, run) -> None:
     write_json(path, {
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,
-        "tracking_uri": redact_uri(tracking_uri()),
+        "tracking_uri": redact_url(tracking_uri()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
 
