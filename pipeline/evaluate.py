@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_artifact(args.metrics)
         if Path("dvc.lock").exists():
             mlflow.log_artifact("dvc.lock")
+        from src.serving import log_sentiment_model
+
+        info = log_sentiment_model(args.model, str(Path(args.data) / "vocab.json"), params.evaluate.threshold)
+        log.info("logged the raw-text model; registered as imdb-sentiment version %s", info.registered_model_version)
     log.info("test accuracy %.4f (baseline %.4f), ROC AUC %.4f, F1 %.4f", metrics["accuracy"],
              baseline["accuracy"], metrics["roc_auc"], metrics["f1"])
 

@@ -198,7 +198,7 @@ def log_params(params) -> None:
     mlflow.log_params(_loggable_params(params))
 
 
-def _pinned_requirements(*names: str) -> list[str]:
+def pinned_requirements(*names: str) -> list[str]:
     """The lines of requirements.txt that pin ``names`` (what the logged model needs to run)."""
     pins = {}
     for line in (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().splitlines():
@@ -224,7 +224,7 @@ def log_keras_model(model, maxlen: int) -> None:
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1), "probability")]),
     )
     mlflow.keras.log_model(model, name="model", signature=signature,
-                           pip_requirements=_pinned_requirements("tensorflow-cpu", "keras", "numpy"))
+                           pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "numpy"))
 
 
 def write_run_info(path: Path, run) -> None:

@@ -31,3 +31,14 @@ def tiny_params_dict(real_params_dict) -> dict:
 @pytest.fixture
 def tiny_params(tiny_params_dict):
     return params_from_dict(tiny_params_dict)
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """A tiny copy of this project after one full `dvc repro`: (root, what DVC printed)."""
+    from project import dvc, make_project
+
+    base = tmp_path_factory.mktemp("pipeline")
+    root = make_project(base / "project", base / "data")
+    result = dvc(root, "repro")
+    return root, result.stdout + result.stderr

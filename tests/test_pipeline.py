@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from project import dvc, make_project, update_params
+from project import dvc, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -14,12 +14,8 @@ EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A tiny project after one full `dvc repro`."""
-    base = tmp_path_factory.mktemp("pipeline")
-    root = make_project(base / "project", base / "data")
-    first = dvc(root, "repro")
-    return root, first.stdout + first.stderr
+def project(trained_project):
+    return trained_project
 
 
 @pytest.fixture(scope="module")

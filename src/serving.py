@@ -1,0 +1,130 @@
+"""The servable model: raw review text in, probability of "positive" and a label out.
+
+An MLflow pyfunc model bundling the Keras model, vocab.json (vocabulary, maxlen, padding) and
+this package's tokenizer, so it turns text into exactly the arrays the model was trained on.
+Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers
+with a 400 and the message, never a 500.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+REGISTERED_NAME = "imdb-sentiment"
+MAX_REVIEW_CHARS = 100_000  # the longest of the 50,000 labelled reviews is about 14,000
+MAX_BATCH = 10_000
+PREDICT_BATCH = 512
+LABELS = ("negative", "positive")
+
+
+class InvalidInput(ValueError):
+    """The request's reviews are not a non-empty list of strings of sensible length."""
+
+
+def reviews_from_input(model_input) -> list[str]:
+    """The review texts of a list of strings or a DataFrame with a ``text`` column."""
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            if list(model_input.columns) == [0]:  # a plain list, as pandas frames it
+                model_input = model_input.rename(columns={0: "text"})
+            else:
+                raise InvalidInput(f"expected a column 'text', got columns {list(map(str, model_input.columns))}")
+        texts = model_input["text"].tolist()
+    elif isinstance(model_input, pd.Series):
+        texts = model_input.tolist()
+    elif isinstance(model_input, np.ndarray):
+        texts = model_input.reshape(-1).tolist()
+    elif isinstance(model_input, (list, tuple)):
+        texts = list(model_input)
+    elif isinstance(model_input, dict) and "text" in model_input:
+        texts = list(np.atleast_1d(model_input["text"]))
+    else:
+        raise InvalidInput(f"expected a list of review strings or a DataFrame with a 'text' column, "
+                           f"got {type(model_input).__name__}")
+    if not texts:
+        raise InvalidInput("no reviews: send at least one review string")
+    if len(texts) > MAX_BATCH:
+        raise InvalidInput(f"{len(texts)} reviews in one request; send at most {MAX_BATCH}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"review {i} is {'null' if text is None else type(text).__name__}, not a string")
+        if len(text) > MAX_REVIEW_CHARS:
+            raise InvalidInput(f"review {i} has {len(text)} characters; at most {MAX_REVIEW_CHARS} are accepted")
+    return texts
+
+
+def predictions_frame(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    labels = np.where(probabilities > threshold, LABELS[1], LABELS[0])
+    return pd.DataFrame({"probability": probabilities, "label": labels})
+
+
+# MLflow suggests type hints on predict() for its own input validation; this model validates
+# its input itself (a list or a DataFrame), so the suggestion is noise.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+
+
+class SentimentModel(PythonModel):
+    """pyfunc model: artifacts ``keras_model`` (.keras) and ``vocab`` (vocab.json); config ``threshold``."""
+
+    def load_context(self, context):
+        import keras
+
+        from src.text import read_vocab_json
+
+        self.threshold = float(context.model_config["threshold"])
+        self.encoder = read_vocab_json(context.artifacts["vocab"])
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts)
+
+    def predict(self, context, model_input, params=None):
+        try:
+            texts = reviews_from_input(model_input)
+        except InvalidInput as error:  # the scoring server answers 400 with this message
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+        x = self.encode(texts)
+        probabilities = self.model.predict(x, batch_size=PREDICT_BATCH, verbose=0).reshape(-1)
+        return predictions_frame(probabilities, self.threshold)
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    # One unnamed column of any type: MLflow then passes both a plain list of reviews and a
+    # DataFrame with a `text` column through unchanged, and reviews_from_input checks them. (A
+    # named column refuses the plain list; a "string" column makes the server turn 5 into "5".)
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType())]),
+        outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]),
+    )
+
+
+def log_sentiment_model(model_path: str, vocab_path: str, threshold: float, register: bool = True):
+    """Log (and register as imdb-sentiment) the raw-text model into the active run."""
+    import mlflow
+
+    from src.tracking import pinned_requirements
+
+    package = Path(__file__).resolve().parent
+    with warnings.catch_warnings():  # about type hints and input examples: the signature covers both
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.pyfunc.log_model(
+            name="sentiment",
+            python_model=str(package / "sentiment_model.py"),  # models from code: no pickle
+            model_config={"threshold": threshold},
+            artifacts={"keras_model": model_path, "vocab": vocab_path},
+            code_paths=[str(package)],  # this package, importable as `src`
+            signature=signature(),
+            pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "numpy", "pandas", "mlflow"),
+            registered_model_name=REGISTERED_NAME if register else None,
+        )

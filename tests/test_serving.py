@@ -1,0 +1,176 @@
+"""The raw-text model: input checks, agreement with Keras, the served REST API and the predict CLI."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from src.serving import MAX_REVIEW_CHARS, InvalidInput, predictions_frame, reviews_from_input
+from project import clean_env
+
+
+# --- input checks (no model needed) -------------------------------------------------------------
+
+@pytest.mark.parametrize("given", [
+    ["a review", ""],
+    pd.DataFrame({"text": ["a review", ""]}),
+    pd.DataFrame({0: ["a review", ""]}),
+    np.array(["a review", ""]),
+])
+def test_reviews_come_from_a_list_or_a_text_column(given):
+    assert reviews_from_input(given) == ["a review", ""]
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ([], "no reviews"),
+    ([1, "a"], "review 0 is int, not a string"),
+    (["a", None], "review 1 is null"),
+    (pd.DataFrame({"txt": ["a"]}), "expected a column 'text'"),
+    (["a" * (MAX_REVIEW_CHARS + 1)], f"at most {MAX_REVIEW_CHARS}"),
+    ("one string", "expected a list of review strings"),
+])
+def test_bad_input_is_refused_with_a_message(given, message):
+    with pytest.raises(InvalidInput, match=message):
+        reviews_from_input(given)
+
+
+def test_labels_follow_the_threshold():
+    frame = predictions_frame(np.array([0.2, 0.5, 0.51]), threshold=0.5)
+    assert frame["label"].tolist() == ["negative", "negative", "positive"]
+    assert frame["probability"].tolist() == [0.2, 0.5, 0.51]
+
+
+# --- the registered model of a tiny trained project ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registered(trained_project):
+    """(project root, tracking URI) with imdb-sentiment registered."""
+    import mlflow
+
+    root, _ = trained_project
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield root, uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_pyfunc_gives_exactly_the_keras_probabilities(registered):
+    import keras
+    import mlflow
+
+    from src.datasets import read_aclimdb
+    from src.fileio import load_npz
+
+    root, _ = registered
+    texts = read_aclimdb(root / "data" / "raw").test_texts
+    x = load_npz(root / "data" / "processed" / "test.npz")["x"]
+    keras_model = keras.saving.load_model(root / "models" / "model.keras", compile=False, safe_mode=True)
+    expected = keras_model.predict(x, batch_size=512, verbose=0).reshape(-1)
+    predictions = mlflow.pyfunc.load_model("models:/imdb-sentiment/latest").predict(texts)
+    np.testing.assert_array_equal(predictions["probability"].to_numpy(), expected.astype(np.float64))
+    assert set(predictions["label"]) <= {"positive", "negative"}
+
+
+@pytest.mark.slow
+def test_predict_cli_reads_arguments_files_and_stdin(registered, tmp_path):
+    root, uri = registered
+    command = [sys.executable, "-m", "pipeline.predict"]
+    env = {"MLFLOW_TRACKING_URI": uri}
+    by_args = subprocess.run([*command, "A superb, moving film.", "Awful and boring."], cwd=root,
+                             env=clean_env(**env), capture_output=True, text=True, timeout=120)
+    assert by_args.returncode == 0, by_args.stderr
+    lines = by_args.stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        label, probability = line.split("\t")
+        assert label in ("positive", "negative") and 0.0 <= float(probability) <= 1.0
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("A superb, moving film.\n\nAwful and boring.\n", encoding="utf-8")
+    by_file = subprocess.run([*command, "--file", str(reviews)], cwd=root, env=clean_env(**env),
+                             capture_output=True, text=True, timeout=120)
+    by_stdin = subprocess.run(command, cwd=root, env=clean_env(**env), input=reviews.read_text(),
+                              capture_output=True, text=True, timeout=120)
+    assert by_file.stdout == by_stdin.stdout == by_args.stdout
+    empty = subprocess.run(command, cwd=root, env=clean_env(**env), input="\n", capture_output=True, text=True,
+                           timeout=120)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no reviews given")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    root, uri = registered
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/imdb-sentiment/latest",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root, env=clean_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read().decode()
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the model server did not answer /ping within 120 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _invoke(url: str, body) -> requests.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body", [
+    {"inputs": ["A superb film.", ""]},
+    {"dataframe_records": [{"text": "A superb film."}, {"text": ""}]},
+    {"dataframe_split": {"columns": ["text"], "data": [["A superb film."], [""]]}},
+])
+def test_server_answers_good_requests(server, body):
+    response = _invoke(server, body)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2
+    assert all(set(p) == {"probability", "label"} for p in predictions)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body", [
+    {"inputs": []},
+    {"inputs": [5]},
+    {"dataframe_records": [{"text": 5}]},
+    {"inputs": [None]},
+    {"inputs": None},
+    None,
+    {},
+    {"dataframe_records": [{"review": "no text field"}]},
+    {"inputs": ["a" * 1_000_000]},
+    b'{"inputs": ["\xff\xfe not utf-8"]}',
+    b"not json",
+])
+def test_server_refuses_bad_requests_with_4xx_and_stays_up(server, body):
+    response = _invoke(server, body)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.json()["message"]
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
