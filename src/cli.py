@@ -1,6 +1,7 @@
 """What every stage script shares: logging set-up and turning errors into one clear line."""
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -27,6 +28,8 @@ def run_stage(main: Callable[[], None]) -> None:
     marked KILLED on the way out, as for Ctrl-C.
     """
     setup_logging()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main()

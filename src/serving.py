@@ -6,6 +6,8 @@ Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring ser
 with a 400 and the message, never a 500.
 """
 
+import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -71,14 +73,15 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 
 
 class SentimentModel(PythonModel):
-    """pyfunc model: artifacts ``keras_model`` (.keras) and ``vocab`` (vocab.json); config ``threshold``."""
+    """pyfunc model: artifacts ``keras_model`` (.keras), ``vocab`` (vocab.json), ``config`` ({"threshold": t})."""
 
     def load_context(self, context):
         import keras
 
         from src.text import read_vocab_json
 
-        self.threshold = float(context.model_config["threshold"])
+        with open(context.artifacts["config"], encoding="utf-8") as stream:
+            self.threshold = float(json.load(stream)["threshold"])
         self.encoder = read_vocab_json(context.artifacts["vocab"])
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
 
@@ -116,13 +119,14 @@ def log_sentiment_model(model_path: str, vocab_path: str, threshold: float, regi
     from src.tracking import pinned_requirements
 
     package = Path(__file__).resolve().parent
-    with warnings.catch_warnings():  # about type hints and input examples: the signature covers both
-        warnings.simplefilter("ignore", UserWarning)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # about input examples: the signature says it all
+        config = Path(folder) / "serving.json"
+        config.write_text(json.dumps({"threshold": threshold}), encoding="utf-8")
         return mlflow.pyfunc.log_model(
             name="sentiment",
             python_model=str(package / "sentiment_model.py"),  # models from code: no pickle
-            model_config={"threshold": threshold},
-            artifacts={"keras_model": model_path, "vocab": vocab_path},
+            artifacts={"keras_model": model_path, "vocab": vocab_path, "config": str(config)},
             code_paths=[str(package)],  # this package, importable as `src`
             signature=signature(),
             pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "numpy", "pandas", "mlflow"),

@@ -153,9 +153,9 @@ def tracked_run(**start_run_kwargs):
 
 
 def start_run_arguments(experiment_id: str, params) -> dict:
-    """mlflow.start_run's arguments: a new named run, or the one `mlflow run` made (MLFLOW_RUN_ID)."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return {"run_id": os.environ["MLFLOW_RUN_ID"]}
+    """mlflow.start_run's arguments: a new named run, or the one `mlflow run` made (MLFLOW_RUN_ID), renamed."""
+    if os.environ.get("MLFLOW_RUN_ID"):  # keeps the name `mlflow run` gave unless we rename it
+        return {"run_id": os.environ["MLFLOW_RUN_ID"], "run_name": run_name(params.model, params.train)}
     return {"experiment_id": experiment_id, "run_name": run_name(params.model, params.train)}
 
 
@@ -167,6 +167,10 @@ def evaluation_run_arguments(run_info: dict, params) -> dict:
     """
     import mlflow
 
+    if os.environ.get("MLFLOW_RUN_ID") and os.environ["MLFLOW_RUN_ID"] != run_info["run_id"]:
+        # `mlflow run -e evaluate` made a run of its own: fill it, and say where the model is.
+        mlflow.MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], "model_run_id", run_info["run_id"])
+        return {"run_id": os.environ["MLFLOW_RUN_ID"]}
     try:
         trained = mlflow.get_run(run_info["run_id"])
     except mlflow.exceptions.MlflowException as error:

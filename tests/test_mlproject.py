@@ -1,0 +1,74 @@
+"""`mlflow run .` with overridden params: one run, params.yaml untouched, unchanged stages cached."""
+
+import sys
+
+import mlflow
+import pytest
+
+from pipeline.experiment import OVERRIDES, apply_overrides, dvc_command
+from src.errors import ParamsError
+from project import make_project, run
+
+
+def test_every_model_and_train_key_can_be_overridden(real_params_dict):
+    keys = set(OVERRIDES.values())
+    assert {f"model.{key}" for key in real_params_dict["model"]} <= keys
+    assert {f"train.{key}" for key in real_params_dict["train"]} <= keys
+    assert {"preprocess.num_words", "preprocess.maxlen", "data.url", "data.sha256"} <= keys
+
+
+def test_overrides_are_typed_and_validated(real_params_dict):
+    changed = apply_overrides(real_params_dict, {"train.epochs": "3", "model.bidirectional": "true",
+                                                 "train.learning_rate": "0.01", "data.url": ""})
+    assert changed["train"]["epochs"] == 3 and changed["model"]["bidirectional"] is True
+    assert changed["train"]["learning_rate"] == 0.01 and changed["data"]["url"] == ""
+    for override, message in (({"train.epochs": "three"}, "train.epochs: must be an integer"),
+                              ({"train.epochs": "0"}, "train.epochs: must be >= 1"),
+                              ({"model.bidirectional": "maybe"}, "model.bidirectional: must be true or false"),
+                              ({"model.pooling": "mean"}, "model.pooling: must be one of")):
+        with pytest.raises(ParamsError, match=message):
+            apply_overrides(real_params_dict, override)
+
+
+def test_dvc_command_sets_each_override_as_yaml():
+    command = dvc_command({"train.epochs": 2, "data.url": "", "model.bidirectional": True})
+    assert command[1:] == ["-m", "dvc", "exp", "run", "--temp", "-S", "train.epochs=2", "-S", "data.url=''",
+                           "-S", "model.bidirectional=true"]
+
+
+@pytest.mark.slow
+def test_mlflow_run_gives_one_run_with_the_overrides_and_leaves_params_alone(tmp_path):
+    root = make_project(tmp_path / "project", tmp_path / "data")
+    params_before = (root / "params.yaml").read_bytes()
+    mlflow_run = [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "--experiment-name", "imdb-lstm"]
+    first = run([*mlflow_run, "-P", "epochs=1", "-P", "units=4"], root)
+    second = run([*mlflow_run, "-P", "epochs=2", "-P", "units=4"], root)
+    assert "Running stage 'train'" in second.stdout + second.stderr
+    for stage in ("download", "preprocess", "baseline"):
+        assert f"Running stage '{stage}'" not in second.stdout + second.stderr, stage
+    assert (root / "params.yaml").read_bytes() == params_before
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("imdb-lstm").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert len(runs) == 2, "each mlflow run gives exactly one MLflow run"
+    for logged, epochs in zip(runs, ("1", "2")):
+        assert logged.info.status == "FINISHED"
+        assert logged.data.params["epochs"] == epochs  # as `mlflow run` logs it
+        assert logged.data.params["train.epochs"] == epochs  # as the pipeline logs it
+        assert logged.data.params["model.units"] == "4"
+        assert logged.info.run_name == f"lstm-u4-e{epochs}"
+        assert "test_accuracy" in logged.data.metrics and "baseline_accuracy" in logged.data.metrics
+        assert len(client.get_metric_history(logged.info.run_id, "loss")) == int(epochs)
+        assert logged.outputs.model_outputs, "the run holds the model"
+    assert "Ran experiment" in first.stdout + first.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_refuses_a_bad_override_before_any_work(tmp_path):
+    root = make_project(tmp_path / "project", tmp_path / "data")
+    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-P", "epochs=-1"], root,
+                 check=False)
+    assert result.returncode != 0
+    assert "error: train.epochs: must be >= 1, got -1" in result.stderr
+    assert not (root / "data").exists()
