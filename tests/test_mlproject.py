@@ -61,6 +61,7 @@ def test_mlflow_run_gives_one_run_with_the_overrides_and_leaves_params_alone(tmp
         assert "test_accuracy" in logged.data.metrics and "baseline_accuracy" in logged.data.metrics
         assert len(client.get_metric_history(logged.info.run_id, "loss")) == int(epochs)
         assert logged.outputs.model_outputs, "the run holds the model"
+        assert logged.data.tags["dvc.experiment"], "tagged with the DVC experiment's name"
     assert "Ran experiment" in first.stdout + first.stderr
 
 

@@ -109,12 +109,17 @@ def test_run_holds_artifacts_and_tags(store, run):
     assert tags["dvc.data/raw.md5"].endswith(".dir")
 
 
-def test_run_holds_the_keras_model_with_a_signature(run):
-    (output,) = run.outputs.model_outputs
-    info = mlflow.models.get_model_info(f"models:/{output.model_id}")
-    assert "keras" in info.flavors
-    inputs = info.signature.inputs.to_dict()
-    assert inputs[0]["tensor-spec"] == {"dtype": "int32", "shape": (-1, 24)}
+def test_run_holds_the_keras_and_the_raw_text_models(store, run):
+    infos = {}
+    for output in run.outputs.model_outputs:
+        info = mlflow.models.get_model_info(f"models:/{output.model_id}")
+        infos[info.name] = info
+    assert set(infos) == {"model", "sentiment"}
+    assert "keras" in infos["model"].flavors
+    assert infos["model"].signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "int32", "shape": (-1, 24)}
+    assert "python_function" in infos["sentiment"].flavors
+    versions = store.search_model_versions("name='imdb-sentiment'")
+    assert run.info.run_id in {version.run_id for version in versions}, "registered as imdb-sentiment"
 
 
 def test_logged_model_predicts_exactly_what_the_saved_one_does(project, run):
@@ -140,3 +145,25 @@ def test_changing_only_epochs_reruns_only_train_and_evaluate(project, store):
     runs = store.search_runs([store.get_experiment_by_name("imdb-lstm").experiment_id])
     assert sorted(r.data.params["train.epochs"] for r in runs) == ["1", str(EPOCHS)]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_keras_source_runs_the_data_stages_end_to_end(tmp_path):
+    """data.source: keras, from a Keras-format npz served over loopback HTTP, through preprocess."""
+    import hashlib
+
+    from http_server import FileServer
+    from project import make_project
+    from src.fileio import load_npz
+    from synthetic import write_keras_files
+
+    root = make_project(tmp_path / "project", tmp_path / "data")
+    npz, _ = write_keras_files(tmp_path / "keras", train=60, test=30)
+    with FileServer(folder=tmp_path / "keras") as server:
+        update_params(root, {"data": {"source": "keras", "url": server.url("/imdb.npz"),
+                                      "sha256": hashlib.sha256(npz.read_bytes()).hexdigest()}})
+        first = dvc(root, "repro", "preprocess")
+    assert "Running stage 'download'" in first.stdout and "Running stage 'preprocess'" in first.stdout
+    assert json.loads((root / "data" / "raw" / "source.json").read_text())["source"] == "keras"
+    train = load_npz(root / "data" / "processed" / "train.npz")
+    assert train["x"].shape[1] == 24 and train["x"].max() < 60
+    assert "Running stage" not in dvc(root, "repro", "preprocess").stdout

@@ -159,6 +159,7 @@ def test_server_answers_good_requests(server, body):
 @pytest.mark.parametrize("body", [
     {"inputs": []},
     {"inputs": [5]},
+    {"inputs": ["a fine film", 5]},
     {"dataframe_records": [{"text": 5}]},
     {"inputs": [None]},
     {"inputs": None},
