@@ -76,14 +76,13 @@ class SentimentModel(PythonModel):
     """pyfunc model: artifacts ``keras_model`` (.keras), ``vocab`` (vocab.json), ``config`` ({"threshold": t})."""
 
     def load_context(self, context):
-        import keras
-
         from src.text import read_vocab_json
+        from src.training import load_model
 
         with open(context.artifacts["config"], encoding="utf-8") as stream:
             self.threshold = float(json.load(stream)["threshold"])
         self.encoder = read_vocab_json(context.artifacts["vocab"])
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
+        self.model = load_model(context.artifacts["keras_model"])  # Keras' safe mode
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode(texts)
