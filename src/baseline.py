@@ -1,7 +1,7 @@
 """TF-IDF + logistic regression on the raw review texts: the bar the LSTM has to clear.
 
-No TensorFlow: on the 19,895 + 5,105 development reviews this fits and scores in about
-BASELINE_SECONDS s on 2 cores, at BASELINE_ACCURACY accuracy.
+No TensorFlow. Trained on the 19,895 development training reviews and scored on the 5,105
+test ones, it reaches 0.892 accuracy (ROC AUC 0.959) in about 9 s on 2 cores.
 """
 
 from collections.abc import Sequence
@@ -25,10 +25,11 @@ def make_baseline(seed: int = 0) -> Pipeline:
         ("tfidf", TfidfVectorizer(
             preprocessor=clean,
             ngram_range=(1, 2),  # bigrams catch "not good", "well worth"
-            min_df=2,  # a word pair seen once can't generalise; drops most of the bigrams
+            min_df=5,  # terms in fewer reviews are noise: 129k terms instead of 365k at min_df 2
             sublinear_tf=True,  # 1 + log(count): a word said ten times is not ten times the evidence
         )),
-        ("logreg", LogisticRegression(C=1.0, max_iter=1000, random_state=seed)),
+        # C=4: less regularisation than the default C=1 (dev accuracy with min_df 2: 0.884 -> 0.888)
+        ("logreg", LogisticRegression(C=4.0, max_iter=1000, random_state=seed)),
     ])
 
 

@@ -26,11 +26,11 @@ def _usual_mode(path: Path, mode: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+def atomic_path(path: str | Path, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path`` (ending in ``suffix``); rename it over ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     _usual_mode(tmp, 0o666)

@@ -1,8 +1,9 @@
 """The TF-IDF + logistic regression baseline on learnable synthetic reviews."""
 
+from synthetic import make_split
+
 from src.baseline import clean, fit_and_score, make_baseline
 from src.evaluation import classification_metrics
-from synthetic import make_split
 
 
 def texts_and_labels(count: int, seed: int):
@@ -29,5 +30,5 @@ def test_scores_are_classification_metrics_of_the_fitted_pipeline():
 
 def test_line_breaks_are_not_words():
     assert clean("Great film.<br /><br />LOVED it") == "great film.  loved it"
-    vocabulary = make_baseline().named_steps["tfidf"].fit(["A<br />b<br />good movie", "bad<br />movie"]).vocabulary_
-    assert "br" not in vocabulary
+    analyse = make_baseline().named_steps["tfidf"].build_analyzer()
+    assert analyse("Good<br />movie") == ["good", "movie", "good movie"]

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from src.model import OPTIMIZERS, build_model, compile_model
+from src.model import OPTIMIZERS, build_model, compile_model, masked_max_pooling
 from src.params import ModelParams
 
 NUM_WORDS, MAXLEN = 60, 24
@@ -40,7 +40,7 @@ def test_structure_and_output_for_every_option(layers, bidirectional, pooling, d
 
     recurrent = model.layers[1:1 + layers]
     expected_types = (["Embedding"] + [("Bidirectional" if bidirectional else "LSTM")] * layers
-                      + (["GlobalMaxPooling1D"] if pooling == "max" else []) + ["Dense"])
+                      + (["MaskedGlobalMaxPooling1D"] if pooling == "max" else []) + ["Dense"])
     assert [type(layer).__name__ for layer in model.layers] == expected_types
     assert model.layers[0].input_dim == NUM_WORDS and model.layers[0].output_dim == 8
     assert model.layers[0].mask_zero
@@ -67,17 +67,22 @@ def test_seed_models_have_the_seeds_parameter_counts(params, num_words, expected
     assert build_model(params, num_words, maxlen=80).count_params() == expected
 
 
+def lstm_weights(inputs: int, units: int) -> int:
+    """Four gates, each with input weights, recurrent weights and a bias."""
+    return 4 * (units * (inputs + units) + units)
+
+
 def test_bidirectional_and_stacked_sizes_by_hand():
     params = model_params(layers=2, bidirectional=True)
-    lstm = lambda inputs, units: 4 * (units * (inputs + units) + units)  # noqa: E731 (gates' weights)
-    expected = NUM_WORDS * 8 + 2 * lstm(8, 6) + 2 * lstm(12, 6) + (12 + 1)
+    # embedding, 2 directions x (8 inputs -> 6 units), 2 directions x (12 inputs -> 6), dense 12 -> 1
+    expected = NUM_WORDS * 8 + 2 * lstm_weights(8, 6) + 2 * lstm_weights(12, 6) + (12 + 1)
     assert build_model(params, NUM_WORDS, MAXLEN).count_params() == expected
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_mask_makes_pre_and_post_padding_equivalent(bidirectional):
+@pytest.mark.parametrize("bidirectional, pooling", itertools.product((False, True), ("last", "max")))
+def test_mask_makes_pre_and_post_padding_equivalent(bidirectional, pooling):
     keras.utils.set_random_seed(3)
-    model = build_model(model_params(layers=2, bidirectional=bidirectional), NUM_WORDS, MAXLEN)
+    model = build_model(model_params(layers=2, bidirectional=bidirectional, pooling=pooling), NUM_WORDS, MAXLEN)
     pre = random_ids(6, seed=1)
     post = np.zeros_like(pre)
     for row_pre, row_post in zip(pre, post):
@@ -93,6 +98,15 @@ def test_without_mask_padding_changes_the_prediction():
     pre = random_ids(6, seed=1)
     post = np.stack([np.concatenate([row[row != 0], row[row == 0]]) for row in pre])
     assert not np.allclose(model(pre, training=False), model(post, training=False), atol=1e-6)
+
+
+def test_masked_max_pooling_by_hand():
+    pooling = masked_max_pooling()()
+    values = np.array([[[5.0, -1.0], [-3.0, -2.0], [0.5, 4.0]]], dtype="float32")  # 1 review, 3 steps, 2 features
+    mask = np.array([[False, True, True]])
+    np.testing.assert_array_equal(pooling(values, mask=mask), [[0.5, 4.0]])  # the padded 5.0 is skipped
+    np.testing.assert_array_equal(pooling(values, mask=np.array([[False, True, False]])), [[-3.0, -2.0]])
+    np.testing.assert_array_equal(pooling(values), [[5.0, 4.0]])
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

@@ -1,6 +1,7 @@
 """train, make_deterministic, save_model and load_model on tiny synthetic reviews."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -12,11 +13,18 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from synthetic import keras_word_index, make_split
 
 from src.errors import DataError
 from src.model import build_model, compile_model
-from src.training import EPOCH_KEYS, load_model, make_deterministic, predict, save_model, train
-from synthetic import keras_word_index, make_split
+from src.training import (
+    EPOCH_KEYS,
+    load_model,
+    make_deterministic,
+    predict,
+    save_model,
+    train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_WORDS, MAXLEN = 60, 24
@@ -49,14 +57,17 @@ def tiny(params, **train_changes):
     return model, dataclasses.replace(params.train, **changes)
 
 
-def fit_tiny(params, seed: int, **train_changes):
+def fit_tiny(params, seed: int, epochs: int = 3):
     """Seed, build, compile and train a tiny model on the synthetic reviews."""
-    model_params, train_params = tiny(params, seed=seed, **train_changes)
+    model_params, train_params = tiny(params, seed=seed, epochs=epochs)
     make_deterministic(train_params.seed)
     model = build_model(model_params, NUM_WORDS, MAXLEN)
     compile_model(model, train_params)
     train_xy, val_xy = synthetic_data()
     return model, train(model, train_xy, val_xy, train_params)
+
+
+fitted = functools.cache(fit_tiny)  # one training shared by the tests that only read it
 
 
 def without_timing(history):
@@ -77,7 +88,7 @@ def test_make_deterministic_twice_is_harmless():
 
 
 def test_same_seed_same_weights_and_history_different_seed_different_weights(tiny_params):
-    model_a, history_a = fit_tiny(tiny_params, seed=7)
+    model_a, history_a = fitted(tiny_params, seed=7)
     model_b, history_b = fit_tiny(tiny_params, seed=7)
     model_c, history_c = fit_tiny(tiny_params, seed=8)
 
@@ -98,13 +109,13 @@ def test_a_fresh_process_gives_the_same_weights(tiny_params, tmp_path):
     subprocess.run([sys.executable, "-c", code, str(out), json.dumps(dataclasses.asdict(tiny_params))],
                    cwd=REPO_ROOT, env=env, check=True)
 
-    model, _ = fit_tiny(tiny_params, seed=7)
+    model, _ = fitted(tiny_params, seed=7)
     with np.load(out) as saved:
         assert_same_weights([saved[f"arr_{i}"] for i in range(len(saved.files))], model.get_weights())
 
 
 def test_model_learns_the_synthetic_reviews(tiny_params):
-    _, history = fit_tiny(tiny_params, seed=0, epochs=6)
+    _, history = fitted(tiny_params, seed=7)
     assert history[-1]["val_accuracy"] > 0.8
     assert history[-1]["loss"] < history[0]["loss"]
 
@@ -165,10 +176,14 @@ def test_bad_arrays_are_refused_before_training(tiny_params):
         train(model, (x, y), (val_xy[0][:, 1:], val_xy[1]), train_params)
     with pytest.raises(DataError, match="y must have shape"):
         train(model, (x, y[1:]), val_xy, train_params)
+    with pytest.raises(DataError, match="labels must be 0 or 1"):
+        train(model, (x, y * 2), val_xy, train_params)
+    with pytest.raises(DataError, match=r"x: token ids must lie in \[0, 60\)"):
+        predict(model, too_big)
 
 
 def test_save_and_load_predict_identically(tiny_params, tmp_path):
-    model, _ = fit_tiny(tiny_params, seed=3, epochs=1)
+    model, _ = fitted(tiny_params, seed=7)
     (x, _), _ = synthetic_data()
     path = tmp_path / "models" / "model.keras"
     save_model(model, path)
@@ -180,6 +195,17 @@ def test_save_and_load_predict_identically(tiny_params, tmp_path):
     assert predict(model, x).shape == (len(x),)
     with pytest.raises(ValueError, match="must end in .keras"):
         save_model(model, tmp_path / "model.h5")
+
+
+def test_save_and_load_bidirectional_stacked_max_pooling(tiny_params, tmp_path):
+    """The custom masked pooling layer loads in safe mode too."""
+    model_params = dataclasses.replace(tiny_params.model, layers=2, bidirectional=True, pooling="max")
+    model = build_model(model_params, NUM_WORDS, MAXLEN)
+    (x, _), _ = synthetic_data(20, 2)
+    save_model(model, tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    assert [type(layer).__name__ for layer in loaded.layers] == [type(layer).__name__ for layer in model.layers]
+    np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
 
 
 def test_load_model_refuses_missing_and_corrupt_files(tiny_params, tmp_path):
