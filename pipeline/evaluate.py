@@ -1,13 +1,13 @@
 """Evaluate stage: test metrics, DVC plots and figures, logged into the train stage's MLflow run.
 
     python -m pipeline.evaluate [--params params.yaml] [--data data/processed] [--model models/model.keras]
-                                [--run-info models/run.json] [--baseline metrics/baseline.json]
+                                [--run-info models/run.json] [--history plots/history.csv]
+                                [--baseline metrics/baseline.json]
                                 [--metrics metrics/evaluate.json] [--plots plots]
 """
 
 import argparse
 import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -24,18 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="data/processed", help="the preprocess stage's output folder")
     parser.add_argument("--model", default="models/model.keras", help="the train stage's Keras model")
     parser.add_argument("--run-info", default="models/run.json", help="the train stage's MLflow run record")
+    parser.add_argument("--history", default="plots/history.csv", help="the train stage's per-epoch metrics")
     parser.add_argument("--baseline", default="metrics/baseline.json", help="the baseline stage's metrics")
     parser.add_argument("--metrics", default="metrics/evaluate.json", help="test metrics, for dvc metrics")
     parser.add_argument("--plots", default="plots", help="folder for the confusion, ROC and training-curve plots")
     return parser.parse_args(argv)
-
-
-def rows_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow
 
     from src import evaluation
-    from src.fileio import load_npz, write_json, write_text
+    from src.fileio import load_npz, write_csv, write_json
     from src.training import load_model, predict
 
     test = load_npz(Path(args.data) / "test.npz")
@@ -64,16 +57,16 @@ def main(argv: list[str] | None = None) -> None:
     metrics["accuracy_over_baseline"] = metrics["accuracy"] - baseline["accuracy"]
 
     plots = Path(args.plots)
-    history = list(csv.DictReader(io.StringIO((plots / "history.csv").read_text(encoding="utf-8"))))
-    history = [{key: float(value) for key, value in row.items()} for row in history]
+    with open(args.history, encoding="utf-8", newline="") as stream:
+        history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
     figures = {
         "confusion.png": evaluation.confusion_figure(y_true, y_pred),
         "roc.png": evaluation.roc_figure(y_true, probabilities),
         "training_curves.png": evaluation.training_curves_figure(history),
     }
     write_json(args.metrics, metrics)
-    write_text(plots / "confusion.csv", rows_csv(evaluation.confusion_rows(y_true, y_pred)))
-    write_text(plots / "roc.csv", rows_csv(evaluation.roc_rows(y_true, probabilities)))
+    write_csv(plots / "confusion.csv", evaluation.confusion_rows(y_true, y_pred))
+    write_csv(plots / "roc.csv", evaluation.roc_rows(y_true, probabilities))
     for name, figure in figures.items():
         evaluation.write_png(figure, plots / name)
 

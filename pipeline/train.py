@@ -8,8 +8,6 @@ flavor), the vocabulary and params.yaml; models/run.json names it for the evalua
 """
 
 import argparse
-import csv
-import io
 import logging
 from pathlib import Path
 
@@ -29,14 +27,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def history_csv(history: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return out.getvalue()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
@@ -46,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import mlflow
 
-    from src.fileio import load_npz, write_text
+    from src.fileio import load_npz, write_csv
     from src.model import build_model, compile_model
     from src.text import read_vocab_json
     from src.training import make_deterministic, save_model, train
@@ -73,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                         (splits["val"]["x"], splits["val"]["y"]), params.train, on_epoch=on_epoch)
 
         save_model(model, args.model)
-        write_text(args.history, history_csv(history))
+        write_csv(args.history, history)
         tracking.log_keras_model(model, encoder.maxlen)
         mlflow.log_artifact(str(data / "vocab.json"))
         mlflow.log_artifact(args.params)

@@ -1,6 +1,8 @@
 """Atomic writes: an output either appears whole or not at all."""
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -65,6 +67,15 @@ def atomic_dir(path: str | Path):
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows of dicts (all with the first row's keys) as a CSV file with a header."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, out.getvalue())
 
 
 def write_json(path: str | Path, data) -> None:
