@@ -8,25 +8,26 @@ import functools
 
 from src.params import ModelParams, TrainParams
 
-# Mask the padding zeros (Embedding(mask_zero=True)): the LSTM carries its state over padded
-# steps, so the state the Dense layer sees is the one after the review's last word (first
-# word, for the backward half of a Bidirectional LSTM) with pre and post padding alike.
+# model.mask_padding masks the padding zeros (Embedding(mask_zero=True)): the LSTM carries
+# its state over padded steps, so the state the Dense layer sees is the one after the
+# review's last word (first word, for the backward half of a Bidirectional LSTM) with pre
+# and post padding alike.
 # Unmasked, that state has run through up to maxlen - 1 padding steps after the words: with
 # post padding forwards, with pre padding backwards. The cost, measured on 2 CPU cores with
 # the seed-one shape (embedding 128, LSTM 128, maxlen 80, 19,895 reviews, median step time):
-# 5% at batch 32 and 128, 10% at 512 (2,430 -> 2,300 reviews/s at batch 128).
-MASK_PADDING = True
+# 5% at batch 32 and 128, 10% at 512 (2,430 -> 2,300 reviews/s at batch 128). The seeds did
+# not mask; mask_padding: false reproduces them.
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 
 
-def build_model(params: ModelParams, num_words: int, maxlen: int, mask_zero: bool = MASK_PADDING):
+def build_model(params: ModelParams, num_words: int, maxlen: int):
     """Embedding -> ``params.layers`` LSTMs (optionally bidirectional) -> Dense(1, sigmoid)."""
     from keras import Input, Sequential, layers
 
     model = Sequential(name="imdb_lstm")
     model.add(Input(shape=(maxlen,), dtype="int32"))
-    model.add(layers.Embedding(num_words, params.embedding_dim, mask_zero=mask_zero))
+    model.add(layers.Embedding(num_words, params.embedding_dim, mask_zero=params.mask_padding))
     for index in range(params.layers):
         last = index == params.layers - 1
         lstm = layers.LSTM(

@@ -75,6 +75,7 @@ class ModelParams:
     dropout: float = field(metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
     recurrent_dropout: float = field(metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
     pooling: str = field(metadata=_rule(choices=("last", "max")))
+    mask_padding: bool = field(metadata=_rule())
 
 
 @dataclass(frozen=True)

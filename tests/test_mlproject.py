@@ -17,6 +17,17 @@ def test_every_model_and_train_key_can_be_overridden(real_params_dict):
     assert {"preprocess.num_words", "preprocess.maxlen", "data.url", "data.sha256"} <= keys
 
 
+def test_mlproject_declares_every_override():
+    import yaml
+
+    from conftest import REPO_ROOT
+
+    entry = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]["main"]
+    assert set(entry["parameters"]) == set(OVERRIDES)
+    for name in OVERRIDES:
+        assert f"--{name} {{{name}}}" in entry["command"]
+
+
 def test_overrides_are_typed_and_validated(real_params_dict):
     changed = apply_overrides(real_params_dict, {"train.epochs": "3", "model.bidirectional": "true",
                                                  "train.learning_rate": "0.01", "data.url": ""})

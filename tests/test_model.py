@@ -15,7 +15,7 @@ NUM_WORDS, MAXLEN = 60, 24
 
 def model_params(**changes) -> ModelParams:
     base = ModelParams(embedding_dim=8, units=6, layers=1, bidirectional=False, dropout=0.0,
-                       recurrent_dropout=0.0, pooling="last")
+                       recurrent_dropout=0.0, pooling="last", mask_padding=True)
     return dataclasses.replace(base, **changes)
 
 
@@ -60,8 +60,8 @@ def test_structure_and_output_for_every_option(layers, bidirectional, pooling, d
 
 @pytest.mark.parametrize("params, num_words, expected", [
     # Parameter counts printed by the seed notebooks' model.summary() (Keras 2).
-    (ModelParams(128, 128, 1, False, 0.2, 0.2, "last"), 20_000, 2_691_713),  # seed one
-    (ModelParams(32, 100, 1, False, 0.0, 0.0, "last"), 5_000, 213_301),  # seed two
+    (ModelParams(128, 128, 1, False, 0.2, 0.2, "last", False), 20_000, 2_691_713),  # seed one
+    (ModelParams(32, 100, 1, False, 0.0, 0.0, "last", False), 5_000, 213_301),  # seed two
 ])
 def test_seed_models_have_the_seeds_parameter_counts(params, num_words, expected):
     assert build_model(params, num_words, maxlen=80).count_params() == expected
@@ -94,7 +94,7 @@ def test_mask_makes_pre_and_post_padding_equivalent(bidirectional, pooling):
 def test_without_mask_padding_changes_the_prediction():
     """The reference point for the test above: unmasked, the LSTM reads the padding."""
     keras.utils.set_random_seed(3)
-    model = build_model(model_params(), NUM_WORDS, MAXLEN, mask_zero=False)
+    model = build_model(model_params(mask_padding=False), NUM_WORDS, MAXLEN)
     pre = random_ids(6, seed=1)
     post = np.stack([np.concatenate([row[row != 0], row[row == 0]]) for row in pre])
     assert not np.allclose(model(pre, training=False), model(post, training=False), atol=1e-6)

@@ -81,7 +81,7 @@ def test_one_finished_run_holds_every_param(project, store, run):
     assert params["preprocess.maxlen"] == "24"
     assert params["evaluate.threshold"] == "0.5"
     assert params["data.url"].startswith("file://")
-    assert len(params) == 24
+    assert len(params) == 25
 
 
 def test_run_holds_per_epoch_test_and_baseline_metrics(project, store, run):
