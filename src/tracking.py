@@ -6,6 +6,7 @@ copy (``dvc exp run --temp/--queue`` sets ``DVC_ROOT`` to the original repositor
 """
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -68,21 +69,42 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         raise TrackingError(f"MLflow tracking server {redact_url(uri)} answered {response.status_code} on /health")
 
 
+@contextlib.contextmanager
+def _exclusive(uri: str):
+    """For a SQLite store, one process at a time: creating its tables races otherwise."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def connect(experiment: str) -> str:
-    """Point MLflow at the store and return the experiment's id, creating it if needed."""
+    """Point MLflow at the store and return the experiment's id, creating it if needed.
+
+    Two stages starting at once (``dvc queue start -j 2``) would both create a new SQLite
+    store's tables, or the same experiment: a file lock beside the database serialises that.
+    """
     import mlflow
 
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        found = mlflow.get_experiment_by_name(experiment)
-        if found is not None:
-            return found.experiment_id
-        location = None
-        if uri.startswith("sqlite:"):
-            location = (repository_root() / ARTIFACTS_FOLDER).as_uri()
-        return mlflow.create_experiment(experiment, artifact_location=location)
+        with _exclusive(uri):
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is not None:
+                return found.experiment_id
+            location = None
+            if uri.startswith("sqlite:"):
+                location = (repository_root() / ARTIFACTS_FOLDER).as_uri()
+            return mlflow.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(f"MLflow store {redact_url(uri)}: {str(error).splitlines()[0]}") from None
 

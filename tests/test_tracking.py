@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -153,3 +154,22 @@ def test_a_failing_train_marks_the_run_failed_with_a_clear_error(processed, tiny
     _, run = _only_run(processed)
     assert run.info.status == "FAILED"
     assert not (processed / "models" / "run.json").exists()
+
+
+def _connect_in_fresh_process(root: str) -> str:
+    os.environ["DVC_ROOT"] = root
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return tracking.connect("imdb-lstm")
+
+
+def test_stages_starting_at_once_share_a_new_sqlite_store(tmp_path):
+    """`dvc queue start -j 2`: two trains create the store and the experiment at the same moment."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        root = tmp_path / f"repo{attempt}"
+        root.mkdir()
+        with context.Pool(4) as pool:
+            ids = pool.map(_connect_in_fresh_process, [str(root)] * 4)
+        assert len(set(ids)) == 1, "every process finds the one experiment"
