@@ -18,10 +18,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from src import training
+
 REGISTERED_NAME = "imdb-sentiment"
 MAX_REVIEW_CHARS = 100_000  # the longest of the 50,000 labelled reviews is about 14,000
 MAX_BATCH = 10_000
-PREDICT_BATCH = 512
 LABELS = ("negative", "positive")
 
 
@@ -77,24 +78,18 @@ class SentimentModel(PythonModel):
 
     def load_context(self, context):
         from src.text import read_vocab_json
-        from src.training import load_model
 
         with open(context.artifacts["config"], encoding="utf-8") as stream:
             self.threshold = float(json.load(stream)["threshold"])
         self.encoder = read_vocab_json(context.artifacts["vocab"])
-        self.model = load_model(context.artifacts["keras_model"])  # Keras' safe mode
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode(texts)
+        self.model = training.load_model(context.artifacts["keras_model"])  # Keras' safe mode
 
     def predict(self, context, model_input, params=None):
         try:
             texts = reviews_from_input(model_input)
         except InvalidInput as error:  # the scoring server answers 400 with this message
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
-        x = self.encode(texts)
-        probabilities = self.model.predict(x, batch_size=PREDICT_BATCH, verbose=0).reshape(-1)
-        return predictions_frame(probabilities, self.threshold)
+        return predictions_frame(training.predict(self.model, self.encoder.encode(texts)), self.threshold)
 
 
 def signature():

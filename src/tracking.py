@@ -176,7 +176,7 @@ def tracked_run(**start_run_kwargs):
 
 def start_run_arguments(experiment_id: str, params) -> dict:
     """mlflow.start_run's arguments: a new named run, or the one `mlflow run` made (MLFLOW_RUN_ID), renamed."""
-    if os.environ.get("MLFLOW_RUN_ID"):  # keeps the name `mlflow run` gave unless we rename it
+    if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` gave it a random name: give it ours
         return {"run_id": os.environ["MLFLOW_RUN_ID"], "run_name": run_name(params.model, params.train)}
     return {"experiment_id": experiment_id, "run_name": run_name(params.model, params.train)}
 

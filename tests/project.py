@@ -1,10 +1,13 @@
 """A throw-away copy of this repository (git + DVC) whose params point at tiny synthetic data."""
 
+import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -39,6 +42,44 @@ def run(args: list[str], cwd: Path, timeout: float = 600, check: bool = True, **
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], cwd: Path, ready_path: str, timeout: float = 120, **env: str):
+    """Run a server command (`mlflow ui`, `mlflow models serve`) on a free loopback port.
+
+    Yields its base URL once ``ready_path`` answers 200; stops the server afterwards.
+    """
+    import requests
+
+    port = free_port()
+    process = subprocess.Popen([*args, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=clean_env(**env),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"{args} exited {process.returncode}:\n{process.stderr.read().decode()}")
+            try:
+                if requests.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{args} did not answer {ready_path} within {timeout:g} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def dvc(cwd: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:

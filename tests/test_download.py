@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from http_server import FileServer
+from project import free_port
 from synthetic import write_aclimdb_tarball, write_keras_files
 from src import download as dl
 from src.download import download, redact_url, resolve_source, safe_extract_reviews
@@ -62,12 +62,6 @@ def jsonl_records(path: Path) -> list[dict]:
     data = path.read_bytes().decode("utf-8")
     assert data.endswith("\n") and "\r" not in data
     return [json.loads(line) for line in data.split("\n")[:-1]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes = b"a fine film", **fields) -> None:

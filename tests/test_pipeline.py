@@ -171,37 +171,19 @@ def test_keras_source_runs_the_data_stages_end_to_end(tmp_path):
 
 def test_mlflow_ui_started_from_the_repository_root_shows_the_runs(project):
     """`mlflow ui` with no options, in the repository root, reads the pipeline's store."""
-    import socket
-    import subprocess
     import sys
-    import time
 
     import requests
 
-    from project import clean_env
+    from project import server_process
 
     root, _ = project
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--port", str(port)], cwd=root, env=clean_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        experiments = requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name",
+    with server_process([sys.executable, "-m", "mlflow", "ui"], root, "/health", timeout=90) as url:
+        experiments = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
                                    params={"experiment_name": "imdb-lstm"}, timeout=5).json()
         experiment_id = experiments["experiment"]["experiment_id"]
-        runs = requests.post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+        runs = requests.post(f"{url}/api/2.0/mlflow/runs/search",
                              json={"experiment_ids": [experiment_id]}, timeout=5).json()["runs"]
-    finally:
-        ui.terminate()
-        ui.wait(timeout=30)
     assert runs
     params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
     metrics = {m["key"] for m in runs[0]["data"]["metrics"]}

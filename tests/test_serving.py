@@ -1,10 +1,8 @@
 """The raw-text model: input checks, agreement with Keras, the served REST API and the predict CLI."""
 
 import json
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -12,7 +10,7 @@ import pytest
 import requests
 
 from src.serving import MAX_REVIEW_CHARS, InvalidInput, predictions_frame, reviews_from_input
-from project import clean_env
+from project import clean_env, server_process
 
 
 # --- input checks (no model needed) -------------------------------------------------------------
@@ -104,36 +102,13 @@ def test_predict_cli_reads_arguments_files_and_stdin(registered, tmp_path):
     assert empty.returncode == 2 and empty.stderr.startswith("error: no reviews given")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(registered):
     root, uri = registered
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/imdb-sentiment/latest",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=root, env=clean_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read().decode()
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the model server did not answer /ping within 120 s")
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/imdb-sentiment/latest",
+               "--env-manager", "local"]
+    with server_process(command, root, "/ping", MLFLOW_TRACKING_URI=uri) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _invoke(url: str, body) -> requests.Response:
