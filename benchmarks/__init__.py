@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline on real data: `python -m benchmarks.run` (see README.md, "Benchmarks")."""

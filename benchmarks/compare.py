@@ -1,0 +1,70 @@
+"""The first seed notebook's configuration against the pipeline's choices for the same model shape.
+
+Both train for the same number of epochs (no early stopping) in the benchmark's project copy,
+each through `dvc repro` (so preprocessing runs once for both: they share its params).
+"""
+
+import copy
+import logging
+import statistics
+from pathlib import Path
+
+from benchmarks.project import read_outputs, run_stages, write_params
+
+log = logging.getLogger("imdb_lstm.benchmarks")
+
+# The shape both configurations share: seed one's vocabulary, sequence length and layer sizes.
+SHAPE = {
+    "preprocess": {"num_words": 20000, "maxlen": 80},
+    "model": {"embedding_dim": 128, "units": 128, "layers": 1, "bidirectional": False},
+}
+# Seed one's other choices (README, "The seed notebooks' configurations").
+SEED_ONE = {
+    "model": {"dropout": 0.2, "recurrent_dropout": 0.2, "pooling": "last", "mask_padding": False},
+    "train": {"batch_size": 32, "optimizer": "adam", "learning_rate": 0.001},
+}
+
+
+def _merge(base: dict, *changes: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for change in changes:
+        for section, values in change.items():
+            merged[section].update(values)
+    return merged
+
+
+def steady_reviews_per_second(history: list[dict]) -> float:
+    """Median reviews/s over the epochs after the first (which also traces the graph); the first if alone."""
+    epochs = history[1:] or history
+    return statistics.median(row["reviews_per_second"] for row in epochs)
+
+
+def variants(base: dict, epochs: int) -> dict[str, dict]:
+    """params for "seed_one" and "pipeline": the same shape and epochs; the rest seed one's or params.yaml's."""
+    same = {"train": {"epochs": epochs, "early_stopping_patience": 0}}
+    return {"seed_one": _merge(base, SHAPE, SEED_ONE, same), "pipeline": _merge(base, SHAPE, same)}
+
+
+def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int) -> dict:
+    """Train both variants; their throughput, test accuracy and the pipeline's speed-up. params.yaml is restored."""
+    results = {}
+    try:
+        for name, params in variants(base, epochs).items():
+            log.info("seed-one comparison: %s (%d epochs)", name, epochs)
+            write_params(root, params)
+            stages = run_stages(root, logs / f"compare-{name}")
+            outputs = read_outputs(root)
+            results[name] = {
+                "params": {f"{section}.{key}": params[section][key] for section in ("model", "train")
+                           for key in params[section]},
+                "train_stage_seconds": stages["train"]["seconds"],
+                "reviews_per_second": steady_reviews_per_second(outputs["history"]),
+                "epochs": outputs["history"],
+                "test_accuracy": outputs["evaluate"]["accuracy"],
+                "test_roc_auc": outputs["evaluate"]["roc_auc"],
+            }
+    finally:
+        write_params(root, base)
+    results["speedup"] = results["pipeline"]["reviews_per_second"] / results["seed_one"]["reviews_per_second"]
+    results["epochs_trained"] = epochs
+    return results

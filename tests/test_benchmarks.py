@@ -1,0 +1,112 @@
+"""The benchmark harness: its FLOP count and seed-one variants, and one end-to-end run on a tiny synthetic archive."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthetic import write_aclimdb_tarball
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = ["preprocess.num_words=60", "preprocess.maxlen=24", "model.embedding_dim=8", "model.units=8",
+        "model.layers=1", "model.bidirectional=false", "model.recurrent_dropout=0.0",
+        "train.batch_size=16", "train.epochs=2", "train.early_stopping_patience=0"]
+STAGES = ["download", "preprocess", "baseline", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[dict, str, Path]:
+    base = tmp_path_factory.mktemp("benchmark")
+    archive = write_aclimdb_tarball(base / "aclImdb_tiny.tar.gz", train=160, test=80)
+    out = base / "results"
+    command = [sys.executable, "-m", "benchmarks.run", "--archive", str(archive), "--out", str(out),
+               "--peak-seconds", "0.05", "--noop-runs", "1", *[arg for item in TINY for arg in ("--set", item)]]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "report.json").read_text()), (out / "report.md").read_text(), out
+
+
+@pytest.mark.slow
+def test_report_covers_every_stage_and_its_cost(results):
+    report, _, _ = results
+    assert list(report["stages"]) == STAGES
+    for stage in report["stages"].values():
+        assert stage["ran"] and stage["seconds"] > 0 and stage["max_rss_mib"] > 0
+    assert sum(stage["seconds"] for stage in report["stages"].values()) <= report["pipeline_seconds"]
+    assert report["pipeline_seconds"] <= report["benchmark_seconds"]
+    dataset = report["dataset"]
+    assert dataset["train"] + dataset["val"] == 160 and dataset["val"] > 0 and dataset["test"] == 80
+
+
+@pytest.mark.slow
+def test_throughput_and_flops_are_consistent(results):
+    report, _, _ = results
+    epochs = report["training"]["epochs"]
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    for row in epochs:
+        assert row["reviews_per_second"] == pytest.approx(report["dataset"]["train"] / row["epoch_seconds"])
+    assert report["training"]["steady_reviews_per_second"] == pytest.approx(epochs[1]["reviews_per_second"])
+    flops = report["flops"]
+    # tiny model: 2 * 4*8 * (8+8) FLOPs per step, 24 steps, one direction; training is 3x that
+    assert flops["forward_flops_per_review"] == 2 * 32 * 16 * 24
+    assert flops["training_flops_per_review"] == 3 * flops["forward_flops_per_review"]
+    assert flops["achieved_flops_per_second"] == pytest.approx(
+        flops["training_flops_per_review"] * report["training"]["steady_reviews_per_second"])
+    assert set(flops["measured_peaks_flops_per_second"]) == {"2048 x 2048 x 2048", "16 x 16 x 32"}
+    assert 0 < flops["fraction_of_machine_peak"] <= 1
+    assert 0 < flops["fraction_of_lstm_shape_peak"] <= 1
+
+
+@pytest.mark.slow
+def test_accuracy_overheads_and_machine(results):
+    report, _, _ = results
+    accuracy = report["accuracy"]
+    assert 0 <= accuracy["lstm"]["accuracy"] <= 1 and 0 <= accuracy["baseline"]["accuracy"] <= 1
+    assert accuracy["lstm_minus_baseline"] == pytest.approx(accuracy["lstm"]["accuracy"] - accuracy["baseline"]["accuracy"])
+    overheads = report["overheads"]
+    assert overheads["noop_repro"]["median_seconds"] > 0
+    assert overheads["training_change"]["ok"], overheads["training_change"]
+    assert "train" in overheads["training_change"]["repro_dry_would_run"]
+    mlflow = overheads["mlflow"]
+    assert 0 < mlflow["replay"]["calls"] < mlflow["replay"]["total"]
+    assert mlflow["replay"]["log_model"] > 0 and mlflow["new_store"]["connect"] > 0
+    assert mlflow["fraction_of_train_stage"] == pytest.approx(mlflow["replay"]["total"] / report["stages"]["train"]["seconds"])
+    assert mlflow["ok"] == (mlflow["fraction_of_train_stage"] <= 0.03)
+    assert set(report["checks"]) == {"noop_repro", "training_change", "mlflow"}
+    assert report["machine"]["usable_cpus"] >= 1 and report["machine"]["tensorflow"]
+    assert report["params"]["model"]["units"] == 8 and report["params"]["data"]["url"].startswith("file://")
+
+
+@pytest.mark.slow
+def test_markdown_summary_has_a_table_per_topic(results):
+    _, markdown, out = results
+    for heading in ("## Summary", "## Stages", "## Training, per epoch", "## Compute", "## Accuracy",
+                    "## Overheads", "## Machine", "## Params"):
+        assert heading in markdown
+    assert "| train |" in markdown
+    assert (out / "logs" / "train.log").is_file()
+
+
+def test_lstm_flops_count_every_layer_direction_and_step():
+    from benchmarks.flops import forward_flops_per_review, lstm_shapes
+
+    model = {"embedding_dim": 32, "units": 16, "layers": 2, "bidirectional": True}
+    assert lstm_shapes(model, 64) == [(64, 48, 64), (64, 48, 64)]  # layer 2 reads both directions: 2 * 16
+    assert forward_flops_per_review(model, maxlen=10) == 2 * (2 * 48 * 64) * 10 * 2
+
+
+def test_seed_one_and_pipeline_share_the_shape_and_epochs(real_params_dict):
+    from benchmarks.compare import variants
+
+    both = variants(real_params_dict, epochs=2)
+    for params in both.values():
+        assert (params["preprocess"]["num_words"], params["preprocess"]["maxlen"]) == (20000, 80)
+        assert (params["model"]["embedding_dim"], params["model"]["units"], params["model"]["layers"]) == (128, 128, 1)
+        assert (params["train"]["epochs"], params["train"]["early_stopping_patience"]) == (2, 0)
+    seed, ours = both["seed_one"], both["pipeline"]
+    assert seed["model"]["recurrent_dropout"] == 0.2 and seed["model"]["mask_padding"] is False
+    assert seed["train"]["batch_size"] == 32 and seed["train"]["optimizer"] == "adam"
+    assert ours["train"]["batch_size"] == real_params_dict["train"]["batch_size"]
+    assert ours["model"]["mask_padding"] == real_params_dict["model"]["mask_padding"]
