@@ -25,5 +25,9 @@ class DataError(PipelineError):
     """Input data is missing or not in the expected shape."""
 
 
+class OutputError(PipelineError):
+    """An output cannot be written: the disk is full, or the place is write-protected."""
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so cleanup (`finally`, run status) still happens."""

@@ -3,14 +3,27 @@
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, otherwise ``sqlite:///<root>/mlflow.db``
 where <root> is the repository the user works in, also when DVC runs a stage in a temporary
 copy (``dvc exp run --temp/--queue`` sets ``DVC_ROOT`` to the original repository).
+
+Two guarantees beyond MLflow's own:
+
+- A SQLite store shared by several processes (``dvc queue start -j 2``) loses nothing: a call
+  that finds the database locked for longer than SQLite's busy timeout is retried, with
+  backoff, instead of failing the stage (``_retry_when_locked``).
+- No run stays RUNNING after its process died (SIGKILL, OOM killer, power loss): each run is
+  tagged with the host and process that own it, and ``connect`` marks the runs of dead owners
+  KILLED (``recover_dead_runs``).
 """
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
+import random
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +37,18 @@ log = logging.getLogger("imdb_lstm.tracking")
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 _DVC_TEMP_MARKER = (".dvc", "tmp", "exps")
+
+
+# How long one SQLite statement waits for another process's lock (MLflow sets 20 s itself).
+SQLITE_BUSY_TIMEOUT_MS = 20_000
+# How long a store call keeps retrying a locked SQLite database before the stage gives up.
+LOCK_RETRY_SECONDS = 600.0
+# Backoff between retries: doubles from the first delay up to the last, with jitter.
+LOCK_BACKOFF_SECONDS = (0.2, 10.0)
+
+# Tags naming the process that owns a RUNNING run; recover_dead_runs reads them.
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "owner.host", "owner.pid", "owner.started"
+FOUND_DEAD = "found_dead"
 
 
 class TrackingError(PipelineError):
@@ -90,23 +115,216 @@ def connect(experiment: str) -> str:
 
     Two stages starting at once (``dvc queue start -j 2``) would both create a new SQLite
     store's tables, or the same experiment: a file lock beside the database serialises that.
+    Runs of the experiment whose process died without ending them are marked KILLED.
     """
     import mlflow
 
     uri = tracking_uri()
     check_reachable(uri)
+    install_lock_retries()
     mlflow.set_tracking_uri(uri)
     try:
         with _exclusive(uri):
             found = mlflow.get_experiment_by_name(experiment)
             if found is not None:
-                return found.experiment_id
-            location = None
-            if uri.startswith("sqlite:"):
-                location = (repository_root() / ARTIFACTS_FOLDER).as_uri()
-            return mlflow.create_experiment(experiment, artifact_location=location)
+                experiment_id = found.experiment_id
+            else:
+                location = None
+                if uri.startswith("sqlite:"):
+                    location = (repository_root() / ARTIFACTS_FOLDER).as_uri()
+                experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(f"MLflow store {redact_url(uri)}: {str(error).splitlines()[0]}") from None
+    try:
+        recover_dead_runs(experiment_id)
+    except mlflow.exceptions.MlflowException as error:  # tidying up must not stop the stage
+        log.warning("could not check for runs left RUNNING by dead processes: %s", str(error).splitlines()[0])
+    return experiment_id
+
+
+# --- SQLite: retry what another process's lock made fail -----------------------------------------
+
+_retrying = threading.local()  # depth of store calls in this thread: only the outermost one retries
+
+
+def _locked(error: BaseException) -> bool:
+    """Is ``error`` SQLite's "database is locked" (raw, or as MLflow wraps it)?"""
+    return "database is locked" in str(error) or "database table is locked" in str(error)
+
+
+def _store_full_or_read_only(error: BaseException) -> str | None:
+    text = str(error)
+    if "database or disk is full" in text:
+        return "the disk holding it is full; free some space and run the stage again"
+    if "readonly database" in text or "read-only database" in text:
+        return "it is write-protected; make it (and its folder) writable for this user and run the stage again"
+    return None
+
+
+def _retry_when_locked(method):
+    """``method`` of an MLflow SQLAlchemy store, retried with backoff while SQLite is locked.
+
+    SQLite already waits SQLITE_BUSY_TIMEOUT_MS for a lock; past that (a long transaction of
+    another process, an open `sqlite3` shell) MLflow raises, and the metric or the run's end
+    would be lost. A failed attempt committed nothing (MLflow rolls its session back), and the
+    store's writes are idempotent (a metric logged twice is stored once), so retrying is safe.
+    """
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        if getattr(_retrying, "depth", 0):  # a store method calling another: the outer one retries
+            return method(*args, **kwargs)
+        _retrying.depth = 1
+        try:
+            give_up = time.monotonic() + LOCK_RETRY_SECONDS
+            delay, attempt = LOCK_BACKOFF_SECONDS[0], 1
+            while True:
+                try:
+                    return method(*args, **kwargs)
+                except Exception as error:
+                    store = getattr(args[0], "db_uri", "the MLflow store")
+                    problem = _store_full_or_read_only(error)
+                    if problem:
+                        raise TrackingError(f"MLflow store {redact_url(store)}: {problem}") from None
+                    if not _locked(error):
+                        raise
+                    if time.monotonic() + delay > give_up:
+                        raise TrackingError(
+                            f"MLflow store {redact_url(store)} stayed locked by another process for "
+                            f"{LOCK_RETRY_SECONDS:g} s; end that process (an open sqlite3 shell, a stuck "
+                            "stage) and run the stage again") from None
+                    pause = delay * random.uniform(0.5, 1.0)
+                    log.warning("MLflow store is locked by another process (%s); retrying in %.1f s (attempt %d)",
+                                method.__name__, pause, attempt + 1)
+                    time.sleep(pause)
+                    delay, attempt = min(2 * delay, LOCK_BACKOFF_SECONDS[1]), attempt + 1
+        finally:
+            _retrying.depth = 0
+
+    return call
+
+
+@functools.cache
+def _retrying_class(cls: type) -> type:
+    """A subclass of the store class ``cls`` whose public methods retry while SQLite is locked."""
+    import inspect
+
+    methods = {name: _retry_when_locked(member) for name, member in inspect.getmembers(cls, inspect.isfunction)
+               if not name.startswith("_") and not isinstance(inspect.getattr_static(cls, name), staticmethod)}
+    return type(f"LockRetrying{cls.__name__}", (cls,), methods)
+
+
+def _with_lock_retries(build):
+    """Wrap MLflow's builder of SQLite stores: the store it builds retries calls and waits longer."""
+    def build_store(store_uri, *args, **kwargs):
+        store = _retry_when_locked(build)(store_uri, *args, **kwargs)
+        store.__class__ = _retrying_class(type(store))  # a subclass: MLflow's isinstance checks still hold
+        sessions = store.ManagedSessionMaker
+
+        @contextlib.contextmanager
+        def session_maker(*session_args, **session_kwargs):
+            with sessions(*session_args, **session_kwargs) as session:
+                import sqlalchemy
+
+                session.execute(sqlalchemy.text(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}"))
+                yield session
+
+        store.ManagedSessionMaker = session_maker
+        return store
+
+    build_store.retries_when_locked = True
+    return build_store
+
+
+class _RetriedLockErrors(logging.Filter):
+    """Drop MLflow's traceback of a "database is locked" error that _retry_when_locked will retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(_retrying, "depth", 0) and _locked(record.getMessage()))
+
+
+def install_lock_retries() -> None:
+    """Make MLflow's SQLite tracking and model-registry stores retry calls that find the database locked."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _RetriedLockErrors) for f in db_log.filters):
+        db_log.addFilter(_RetriedLockErrors())
+
+    for registry in (tracking_utils._tracking_store_registry, registry_utils._get_store_registry()):
+        build = registry._registry.get("sqlite")
+        if build is not None and not getattr(build, "retries_when_locked", False):
+            registry.register("sqlite", _with_lock_retries(build))
+            registry._get_store_with_resolved_uri.cache_clear()  # stores built before now did not retry
+
+
+# --- runs whose process died -----------------------------------------------------------------------
+
+def owner_tags() -> dict[str, str]:
+    """Host, pid and start time of this process: who owns the runs it starts."""
+    import psutil
+
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
+            OWNER_STARTED: f"{psutil.Process().create_time():.3f}"}
+
+
+def owner_alive(tags: dict[str, str]) -> bool:
+    """Is the process the owner tags name still running? Unknown owners count as alive.
+
+    Only this host's processes can be checked; a zombie, or a live process with the pid but
+    another start time (the pid was reused), counts as dead.
+    """
+    import psutil
+
+    if tags.get(OWNER_HOST) != socket.gethostname() or not tags.get(OWNER_PID, "").isdigit():
+        return True
+    try:
+        process = psutil.Process(int(tags[OWNER_PID]))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = tags.get(OWNER_STARTED)
+        return not started or abs(process.create_time() - float(started)) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.Error, ValueError):
+        return True
+
+
+def recover_dead_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``experiment_id`` whose owning process died; return their ids.
+
+    A stage killed with SIGKILL cannot end its run, so the next stage to connect does.
+    Models the dead run had started logging (still PENDING) are marked FAILED.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    dead, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000, page_token=token)
+        dead += [run for run in page if not owner_alive(run.data.tags)]
+        token = page.token
+        if not token:
+            break
+    for run in dead:
+        tags = run.data.tags
+        found = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        client.set_tag(run.info.run_id, FOUND_DEAD,
+                       f"process {tags[OWNER_PID]} on {tags[OWNER_HOST]} died without ending this run; "
+                       f"marked KILLED at {found} by process {os.getpid()}")
+        client.set_terminated(run.info.run_id, "KILLED")
+        _fail_pending_models(client, experiment_id, run.info.run_id)
+        log.warning("MLflow run %s (%s) was left RUNNING by process %s, which died: marked KILLED",
+                    run.info.run_name, run.info.run_id, tags[OWNER_PID])
+    return [run.info.run_id for run in dead]
+
+
+def _fail_pending_models(client, experiment_id: str, run_id: str) -> None:
+    from mlflow.entities import LoggedModelStatus
+
+    for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+        if model.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
 def run_name(model, train) -> str:
@@ -158,10 +376,18 @@ def run_tags(workdir: Path) -> dict[str, str]:
 def tracked_run(**start_run_kwargs):
     """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
 
-    SIGTERM arrives as Terminated once src.cli.run_stage has installed its handler.
+    SIGTERM arrives as Terminated once src.cli.run_stage has installed its handler. The run is
+    tagged with this process (owner_tags), so if SIGKILL ends it, the next connect marks it KILLED.
     """
     import mlflow
 
+    owner = owner_tags()
+    if start_run_kwargs.get("run_id"):  # tag before it is RUNNING again: never RUNNING under a dead owner
+        from mlflow.entities import RunTag
+
+        mlflow.MlflowClient().log_batch(start_run_kwargs["run_id"], tags=[RunTag(k, v) for k, v in owner.items()])
+    else:
+        start_run_kwargs["tags"] = {**(start_run_kwargs.get("tags") or {}), **owner}
     run = mlflow.start_run(**start_run_kwargs)
     try:
         yield run
@@ -202,10 +428,10 @@ def evaluation_run_arguments(run_info: dict, params) -> dict:
     if logged is None or float(logged) == params.evaluate.threshold:
         return {"run_id": trained.info.run_id}
     tags = {key: value for key, value in trained.data.tags.items()
-            if not key.startswith("mlflow.") or key == "mlflow.source.git.commit"}
+            if (not key.startswith(("mlflow.", "owner.")) and key != FOUND_DEAD) or key == "mlflow.source.git.commit"}
     client = mlflow.MlflowClient()
     run = client.create_run(trained.info.experiment_id, run_name=f"{trained.info.run_name}-t{params.evaluate.threshold:g}",
-                            tags={**tags, "model_run_id": trained.info.run_id})
+                            tags={**tags, "model_run_id": trained.info.run_id, **owner_tags()})
     for key, value in _loggable_params(params).items():
         client.log_param(run.info.run_id, key, value)
     return {"run_id": run.info.run_id}

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,3 +174,154 @@ def test_stages_starting_at_once_share_a_new_sqlite_store(tmp_path):
         with context.Pool(4) as pool:
             ids = pool.map(_connect_in_fresh_process, [str(root)] * 4)
         assert len(set(ids)) == 1, "every process finds the one experiment"
+
+
+# --- several writers on one SQLite store ----------------------------------------------------------
+
+def _log_many_metrics(args: tuple[str, str, int]) -> tuple[str, int]:
+    """In a fresh process: one run logging ``count`` steps of two metrics; returns its id and how often it retried."""
+    import logging
+
+    uri, name, count = args
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    tracking.SQLITE_BUSY_TIMEOUT_MS = 100  # let locks outlast SQLite's own wait at once, not after 20 s
+    retries = []
+    handler = logging.Handler()
+    handler.emit = lambda record: retries.append(record) if "is locked" in record.getMessage() else None
+    logging.getLogger("imdb_lstm.tracking").addHandler(handler)
+    experiment_id = tracking.connect("writers")
+    with tracking.tracked_run(experiment_id=experiment_id, run_name=name) as run:
+        for step in range(count):
+            mlflow.log_metrics({"up": step, "down": -step}, step=step)  # as the train stage logs an epoch
+    return run.info.run_id, len(retries)
+
+
+@pytest.mark.slow
+def test_two_writers_and_a_lock_holder_lose_no_metric(tmp_path):
+    """Two processes log into one SQLite store while a third holds its write lock for 1.5 s, twice.
+
+    Every attempt that finds the database locked past SQLite's busy timeout (shortened here
+    to 0.1 s) is retried: every metric of both runs arrives and both runs finish.
+    """
+    import multiprocessing
+    import sqlite3
+
+    database, steps = tmp_path / "mlflow.db", 50
+    uri = f"sqlite:///{database}"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        results = pool.map_async(_log_many_metrics, [(uri, "first", steps), (uri, "second", steps)])
+        deadline = time.monotonic() + 120
+        for _ in range(2):  # hold the lock twice, once both runs are logging
+            while not results.ready() and time.monotonic() < deadline:
+                time.sleep(0.1)
+                with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(database)) as db:
+                    if db.execute("SELECT COUNT(DISTINCT run_uuid) FROM metrics").fetchone()[0] == 2:
+                        break
+            with contextlib.closing(sqlite3.connect(database, timeout=60, isolation_level=None)) as db:
+                db.execute("BEGIN EXCLUSIVE")
+                time.sleep(1.5)
+                db.execute("COMMIT")
+            time.sleep(0.5)
+        outcomes = results.get(timeout=300)
+    assert sum(retried for _, retried in outcomes) > 0, "the lock holder never got in the writers' way"
+    client = mlflow.MlflowClient(uri)
+    for run_id, _ in outcomes:
+        assert client.get_run(run_id).info.status == "FINISHED"
+        for key, sign in (("up", 1), ("down", -1)):
+            history = sorted((point.step, point.value) for point in client.get_metric_history(run_id, key))
+            assert history == [(step, sign * step) for step in range(steps)], key
+
+
+def test_a_store_locked_for_too_long_is_one_clear_error(store, monkeypatch, tmp_path):
+    import sqlite3
+
+    tracking.connect("patience")
+    monkeypatch.setattr(tracking, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(tracking, "LOCK_RETRY_SECONDS", 1.0)
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)) as db:
+        db.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(tracking.TrackingError, match="stayed locked by another process for 1 s"):
+            mlflow.MlflowClient().create_experiment("never")
+        db.execute("ROLLBACK")
+    assert time.monotonic() - started < 10, "gave up after LOCK_RETRY_SECONDS, not after SQLite's 20 s"
+
+
+# --- runs whose process died ----------------------------------------------------------------------
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_connect_marks_the_runs_of_dead_processes_killed(store):
+    import psutil
+
+    experiment_id = tracking.connect("stale")
+    me = tracking.owner_tags()
+    zombie = subprocess.Popen(["true"])  # exits at once, but stays a zombie until waited for
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    owners = {
+        "dead": {**me, "owner.pid": str(_dead_pid())},
+        "zombie": {**me, "owner.pid": str(zombie.pid), "owner.started": f"{psutil.Process(zombie.pid).create_time():.3f}"},
+        "reused pid": {**me, "owner.started": "1000.000"},  # this pid, but another process's start time
+        "alive": me,
+        "other host": {**me, "owner.host": "elsewhere", "owner.pid": str(_dead_pid())},
+        "no owner": {},
+    }
+    runs = {name: store.create_run(experiment_id, tags=tags, run_name=name).info.run_id for name, tags in owners.items()}
+    try:
+        recovered = tracking.connect("stale") and tracking.recover_dead_runs(experiment_id)
+    finally:
+        zombie.wait()
+    statuses = {name: store.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"dead": "KILLED", "zombie": "KILLED", "reused pid": "KILLED",
+                        "alive": "RUNNING", "other host": "RUNNING", "no owner": "RUNNING"}
+    assert recovered == [], "connect already recovered them"
+    note = store.get_run(runs["dead"]).data.tags["found_dead"]
+    assert note.startswith(f"process {owners['dead']['owner.pid']} on {me['owner.host']} died without ending this run")
+
+
+def test_runs_are_tagged_with_their_owner_before_they_run(store):
+    experiment_id = tracking.connect("owners")
+    with tracking.tracked_run(experiment_id=experiment_id) as run:
+        assert mlflow.get_run(run.info.run_id).data.tags["owner.pid"] == str(os.getpid())
+    store.set_tag(run.info.run_id, "owner.pid", str(_dead_pid()))  # as if a killed process had run it
+    with tracking.tracked_run(run_id=run.info.run_id):  # resumed, as the evaluate stage does
+        tags = mlflow.get_run(run.info.run_id).data.tags
+        assert tags["owner.pid"] == str(os.getpid()) and tags["owner.host"] == socket.gethostname()
+        assert tracking.recover_dead_runs(experiment_id) == []
+    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_logged_params_and_tags_hold_no_password(store, tiny_params_dict):
+    from src.params import params_from_dict
+
+    tiny_params_dict["data"]["url"] = "https://reader:hunter2@example.com/aclImdb_v1.tar.gz"
+    params = params_from_dict(tiny_params_dict)
+    experiment_id = tracking.connect("secrets")
+    with tracking.tracked_run(experiment_id=experiment_id) as run:
+        tracking.log_params(params)
+    logged = store.get_run(run.info.run_id).data
+    assert logged.params["data.url"] == "https://***@example.com/aclImdb_v1.tar.gz"
+    assert not [value for value in [*logged.params.values(), *logged.tags.values()] if "hunter2" in value]
+
+
+def test_a_run_for_another_threshold_is_owned_by_the_evaluating_process(store, tiny_params_dict):
+    from src.params import params_from_dict
+
+    experiment_id = tracking.connect("thresholds")
+    trained = store.create_run(experiment_id, tags={"owner.host": socket.gethostname(), "owner.pid": str(_dead_pid()),
+                                                    "found_dead": "an earlier kill", "git.commit": "abc"})
+    store.log_param(trained.info.run_id, "evaluate.threshold", "0.5")
+    store.set_terminated(trained.info.run_id, "FINISHED")
+    tiny_params_dict["evaluate"]["threshold"] = 0.7
+    arguments = tracking.evaluation_run_arguments({"run_id": trained.info.run_id}, params_from_dict(tiny_params_dict))
+    tags = store.get_run(arguments["run_id"]).data.tags
+    assert arguments["run_id"] != trained.info.run_id
+    assert tags["owner.pid"] == str(os.getpid()) and "found_dead" not in tags
+    assert tags["git.commit"] == "abc" and tags["model_run_id"] == trained.info.run_id
+    assert tracking.recover_dead_runs(experiment_id) == []
