@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             mlflow.log_artifact(str(plots / name), artifact_path="plots")
         mlflow.log_artifact(args.metrics)
         if Path("dvc.lock").exists():
-            mlflow.log_artifact("dvc.lock")
+            tracking.log_text_artifact("dvc.lock")
         from src.serving import log_sentiment_model
 
         info = log_sentiment_model(args.model, str(Path(args.data) / "vocab.json"), params.evaluate.threshold)

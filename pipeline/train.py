@@ -5,6 +5,8 @@
 
 The run holds every param (``train.epochs``), per-epoch metrics, the model (mlflow.keras
 flavor), the vocabulary and params.yaml; models/run.json names it for the evaluate stage.
+With ``train.distribution: multi_worker`` every worker runs this with its own TF_CONFIG;
+only the chief logs and writes outputs (src/distribution.py).
 """
 
 import argparse
@@ -30,46 +32,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
-    from src import tracking
+    from src import distribution
 
-    experiment_id = tracking.connect(params.mlflow.experiment)  # fails fast, before any training
+    task = distribution.cluster_task(params.train)  # a bad TF_CONFIG stops here, before TensorFlow loads
+    chief = task is None or task.is_chief
+    if chief:
+        from src import tracking
 
-    import mlflow
+        experiment_id = tracking.connect(params.mlflow.experiment)  # fails fast, before any training
 
-    from src.fileio import load_npz, write_csv
-    from src.model import build_model, compile_model
+    from src.fileio import load_npz
     from src.text import read_vocab_json
-    from src.training import make_deterministic, save_model, train
 
     data = Path(args.data)
     encoder = read_vocab_json(data / "vocab.json")
     splits = {name: load_npz(data / f"{name}.npz") for name in ("train", "val")}
 
+    strategy = distribution.start(params, task, splits)  # before any other TensorFlow use; waits for every worker
+
+    if not chief:
+        model, _ = fit(params, encoder, splits, strategy, on_epoch=lambda record: log_epoch(f"{task.name}: ", record))
+        log.info("%s done: final weights %s; the chief saves the model", task.name,
+                 distribution.weights_digest(model.get_weights()))
+        return
+
+    import mlflow
+
+    from src.fileio import write_csv
+    from src.training import save_model
+
     with tracking.tracked_run(**tracking.start_run_arguments(experiment_id, params)) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, tracking.redact_url(tracking.tracking_uri()))
         tracking.log_params(params)
-        mlflow.set_tags(tracking.run_tags(Path.cwd()))
-
-        make_deterministic(params.train.seed)
-        model = build_model(params.model, encoder.vocabulary.num_words, encoder.maxlen)
-        compile_model(model, params.train)
+        mlflow.set_tags({**tracking.run_tags(Path.cwd()), "distribution.replicas": str(distribution.replicas(strategy))})
 
         def on_epoch(record: dict) -> None:
-            log.info("epoch %d: %s", record["epoch"],
-                     ", ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch"))
+            log_epoch(f"{task.name} (chief): " if task else "", record)
             mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"}, step=record["epoch"])
 
-        history = train(model, (splits["train"]["x"], splits["train"]["y"]),
-                        (splits["val"]["x"], splits["val"]["y"]), params.train, on_epoch=on_epoch)
-
+        model, history = fit(params, encoder, splits, strategy, on_epoch)
+        log.info("final weights %s", distribution.weights_digest(model.get_weights()))
         save_model(model, args.model)
         write_csv(args.history, history)
         tracking.log_keras_model(model, encoder.maxlen)
         mlflow.log_artifact(str(data / "vocab.json"))
-        mlflow.log_artifact(args.params)
+        tracking.log_text_artifact(args.params)
         mlflow.log_artifact(args.history)
         tracking.write_run_info(Path(args.run_info), run)
     log.info("saved %s; MLflow run %s", args.model, run.info.run_id)
+
+
+def fit(params, encoder, splits, strategy, on_epoch):
+    from src.training import new_model, train
+
+    model = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen, strategy)
+    history = train(model, (splits["train"]["x"], splits["train"]["y"]), (splits["val"]["x"], splits["val"]["y"]),
+                    params.train, on_epoch=on_epoch, strategy=strategy)
+    return model, history
+
+
+def log_epoch(prefix: str, record: dict) -> None:
+    log.info("%sepoch %d: %s", prefix, record["epoch"],
+             ", ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch"))
 
 
 if __name__ == "__main__":

@@ -328,11 +328,14 @@ def _fail_pending_models(client, experiment_id: str, run_id: str) -> None:
 
 
 def run_name(model, train) -> str:
-    """A name a person can read, e.g. lstm-u128-e15 or bilstm2-u64-max-e10."""
+    """A name a person can read, e.g. lstm-u128-e15-lr0.001 or bilstm2-u64-max_mean-e10-lr0.002.
+
+    A sweep's runs differ in their params; the tag dvc.experiment names the experiment.
+    """
     kind = "bilstm" if model.bidirectional else "lstm"
     depth = str(model.layers) if model.layers > 1 else ""
-    pooling = "-max" if model.pooling == "max" else ""
-    return f"{kind}{depth}-u{model.units}{pooling}-e{train.epochs}"
+    pooling = "" if model.pooling == "last" else f"-{model.pooling}"
+    return f"{kind}{depth}-u{model.units}{pooling}-e{train.epochs}-lr{train.learning_rate:g}"
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -448,6 +451,28 @@ def log_params(params) -> None:
     import mlflow
 
     mlflow.log_params(_loggable_params(params))
+
+
+def log_text_artifact(path: str | Path) -> None:
+    """Log a text file (params.yaml, dvc.lock) into the active run, with no URL's password in it.
+
+    Both hold data.url as the user wrote it; the run's artifacts may live on a shared server.
+    """
+    import tempfile
+
+    import mlflow
+
+    from src.redact import redact_text
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if redact_text(text) == text:
+        mlflow.log_artifact(str(path))
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / path.name
+        copy.write_text(redact_text(text), encoding="utf-8")
+        mlflow.log_artifact(str(copy))
 
 
 def pinned_requirements(*names: str) -> list[str]:

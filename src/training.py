@@ -3,6 +3,8 @@
 A History is a plain list with one dict per epoch (see EPOCH_KEYS), so a caller can log each
 epoch to MLflow through ``on_epoch`` and write the list as JSON without touching Keras objects.
 Keras is imported inside the functions (the TensorFlow import takes about 3 s).
+
+Training under a tf.distribute strategy (``train.distribution``): see src/distribution.py.
 """
 
 import time
@@ -12,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from src.distribution import keras_fit_under, scope
 from src.errors import DataError
 from src.fileio import atomic_path
-from src.params import TrainParams
+from src.params import ModelParams, TrainParams
 
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "reviews_per_second")
 
@@ -57,15 +60,66 @@ def _model_input_size(model) -> tuple[int, int]:
     return model.layers[0].input_dim, model.input_shape[1]
 
 
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data pipeline of (ids, float32 labels) batches, reshuffled each epoch when given a seed.
+
+    The order depends on the seeds alone (this one and the global one make_deterministic
+    sets): each epoch a new one, the same on every worker, as sharding by DATA needs
+    (src/distribution.py). Keras' own shuffling of NumPy arrays repeats the first epoch's
+    order in every epoch once a global seed is set (Keras 3.15). Measured: 0.15 s an epoch
+    for 15,916 reviews of 80 tokens; Keras' NumPy pipeline 0.2 s.
+    """
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+    if shuffle_seed is not None:
+        data = data.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.batch(batch_size).with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams) -> tuple:
+    """model.fit's training data and validation_data: tf.data pipelines, or length-bucketed batches.
+
+    With ``params.bucket_by_length`` (src/batching.py) each batch is cut to its longest review;
+    measured on 2 cores, BiLSTM 64 at maxlen 400: 40% less CPU time an epoch.
+    """
+    (x_train, y_train), (x_val, y_val) = train_xy, val_xy
+    if not params.bucket_by_length:
+        return (dataset(x_train, y_train, params.batch_size, shuffle_seed=params.seed),
+                dataset(x_val, y_val, params.batch_size))
+    from src.batching import length_bucketed_dataset
+
+    return (length_bucketed_dataset(x_train, y_train.astype("float32"), params.batch_size, params.seed),
+            length_bucketed_dataset(x_val, y_val.astype("float32"), params.batch_size, params.seed))
+
+
+def new_model(model_params: ModelParams, train_params: TrainParams, num_words: int, maxlen: int, strategy=None):
+    """Seed everything, then build and compile the model, in ``strategy``'s scope when given."""
+    from src.model import build_model, compile_model
+
+    make_deterministic(train_params.seed)
+    with scope(strategy):
+        model = build_model(model_params, num_words, maxlen)
+        compile_model(model, train_params)
+    return model
+
+
 def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
           callbacks: Sequence = (), on_epoch: Callable[[dict], None] | None = None,
-          verbose: int | str = 0) -> History:
+          verbose: int | str = 0, strategy=None) -> History:
     """Fit a compiled model; return one record per epoch, also passed to ``on_epoch`` as it ends.
 
     With ``params.early_stopping_patience`` > 0, training stops once val_loss has not improved
     for that many epochs, and the weights of the epoch with the lowest val_loss are restored
     (the history keeps every epoch run). ``callbacks`` are extra keras.callbacks.Callback
     objects, run after the recorder. ``verbose`` is Keras': 0 silent, 1 a progress bar.
+
+    With a tf.distribute ``strategy`` (the model built in its scope: new_model), batches of
+    ``params.batch_size`` reviews, the global batch, are split over its replicas; the
+    records hold the metrics of the whole splits, the same on every worker, and
+    reviews_per_second counts every worker's reviews.
     """
     import keras
 
@@ -94,17 +148,16 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
     if params.early_stopping_patience > 0:
         stopper = [keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True)]
-    # Plain NumPy arrays: Keras batches and shuffles them (seeded by make_deterministic). A
-    # tf.data pipeline with prefetch measured no faster (2,380 vs 2,430 reviews/s at batch 128).
-    model.fit(
-        x_train, y_train.astype("float32"),
-        validation_data=(x_val, y_val.astype("float32")),
-        batch_size=params.batch_size,
-        epochs=params.epochs,
-        shuffle=True,
-        callbacks=[recorder, *stopper, *callbacks],
-        verbose=verbose,
-    )
+    train_data, val_data = training_data(train_xy, val_xy, params)
+    with keras_fit_under(model, strategy, (x_train[:1], y_train[:1].astype("float32"))):
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=params.epochs,
+            shuffle=False,  # the dataset shuffles itself
+            callbacks=[recorder, *stopper, *callbacks],
+            verbose=verbose,
+        )
     return history
 
 
@@ -135,9 +188,9 @@ def load_model(path: str | Path):
     """
     import keras
 
-    from src.model import masked_max_pooling
+    from src.model import register_custom_layers
 
-    masked_max_pooling()  # registers the custom pooling layer with Keras
+    register_custom_layers()
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model not found; run the train stage first")

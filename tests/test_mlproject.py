@@ -68,7 +68,7 @@ def test_mlflow_run_gives_one_run_with_the_overrides_and_leaves_params_alone(tmp
         assert logged.data.params["epochs"] == epochs  # as `mlflow run` logs it
         assert logged.data.params["train.epochs"] == epochs  # as the pipeline logs it
         assert logged.data.params["model.units"] == "4"
-        assert logged.info.run_name == f"lstm-u4-e{epochs}"
+        assert logged.info.run_name.startswith(f"lstm-u4-e{epochs}-lr")
         assert "test_accuracy" in logged.data.metrics and "baseline_accuracy" in logged.data.metrics
         assert len(client.get_metric_history(logged.info.run_id, "loss")) == int(epochs)
         assert logged.outputs.model_outputs, "the run holds the model"

@@ -29,7 +29,8 @@ def random_ids(count: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-OPTIONS = list(itertools.product((1, 2), (False, True), ("last", "max"), (0.0, 0.3)))
+OPTIONS = list(itertools.product((1, 2), (False, True), ("last", "max", "max_mean"), (0.0, 0.3)))
+POOLING_LAYERS = {"last": [], "max": ["MaskedGlobalMaxPooling1D"], "max_mean": ["MaskedGlobalMaxMeanPooling1D"]}
 
 
 @pytest.mark.parametrize("layers, bidirectional, pooling, dropout", OPTIONS)
@@ -40,7 +41,7 @@ def test_structure_and_output_for_every_option(layers, bidirectional, pooling, d
 
     recurrent = model.layers[1:1 + layers]
     expected_types = (["Embedding"] + [("Bidirectional" if bidirectional else "LSTM")] * layers
-                      + (["MaskedGlobalMaxPooling1D"] if pooling == "max" else []) + ["Dense"])
+                      + POOLING_LAYERS[pooling] + ["Dense"])
     assert [type(layer).__name__ for layer in model.layers] == expected_types
     assert model.layers[0].input_dim == NUM_WORDS and model.layers[0].output_dim == 8
     assert model.layers[0].mask_zero
@@ -48,10 +49,10 @@ def test_structure_and_output_for_every_option(layers, bidirectional, pooling, d
         lstm = layer.forward_layer if bidirectional else layer
         assert lstm.units == 6
         assert lstm.dropout == dropout and lstm.recurrent_dropout == dropout / 2
-        assert lstm.return_sequences == (index < layers - 1 or pooling == "max")
+        assert lstm.return_sequences == (index < layers - 1 or pooling != "last")
     assert model.layers[-1].units == 1 and model.layers[-1].activation.__name__ == "sigmoid"
 
-    width = 12 if bidirectional else 6
+    width = (12 if bidirectional else 6) * (2 if pooling == "max_mean" else 1)
     assert model.layers[-2].output.shape == (None, width)
     probabilities = np.asarray(model(random_ids(5), training=False))
     assert probabilities.shape == (5, 1)
@@ -79,7 +80,7 @@ def test_bidirectional_and_stacked_sizes_by_hand():
     assert build_model(params, NUM_WORDS, MAXLEN).count_params() == expected
 
 
-@pytest.mark.parametrize("bidirectional, pooling", itertools.product((False, True), ("last", "max")))
+@pytest.mark.parametrize("bidirectional, pooling", itertools.product((False, True), ("last", "max", "max_mean")))
 def test_mask_makes_pre_and_post_padding_equivalent(bidirectional, pooling):
     keras.utils.set_random_seed(3)
     model = build_model(model_params(layers=2, bidirectional=bidirectional, pooling=pooling), NUM_WORDS, MAXLEN)
@@ -89,6 +90,30 @@ def test_mask_makes_pre_and_post_padding_equivalent(bidirectional, pooling):
         words = row_pre[row_pre != 0]
         row_post[:len(words)] = words
     np.testing.assert_allclose(model(pre, training=False), model(post, training=False), rtol=1e-5, atol=1e-6)
+
+
+def test_max_mean_pooling_is_the_masked_max_and_mean():
+    """Against NumPy on the LSTM's own outputs, over the steps the mask keeps."""
+    keras.utils.set_random_seed(4)
+    model = build_model(model_params(pooling="max_mean"), NUM_WORDS, MAXLEN)
+    x = random_ids(4, seed=2)
+    sequences = keras.Model(model.inputs, model.layers[1].output)(x, training=False)
+    pooled = np.asarray(keras.Model(model.inputs, model.layers[2].output)(x, training=False))
+    for row, (ids, steps) in enumerate(zip(x, np.asarray(sequences))):
+        kept = steps[ids != 0]
+        np.testing.assert_allclose(pooled[row], np.concatenate([kept.max(axis=0), kept.mean(axis=0)]), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_dropout_drops_whole_channels_in_training_only():
+    model = build_model(model_params(embedding_dropout=0.5), NUM_WORDS, MAXLEN)
+    assert [type(layer).__name__ for layer in model.layers][:2] == ["Embedding", "SpatialDropout1D"]
+    dropout = model.layers[1]
+    embedded = keras.ops.ones((2, MAXLEN, 8))
+    dropped = np.asarray(dropout(embedded, training=True))
+    assert np.array_equal(np.asarray(dropout(embedded, training=False)), np.ones((2, MAXLEN, 8)))
+    assert (dropped == 0).any() and (dropped != 0).any()
+    for review in dropped:  # a channel is zero at every step or at none
+        assert ((review == 0).all(axis=0) | (review != 0).all(axis=0)).all()
 
 
 def test_without_mask_padding_changes_the_prediction():

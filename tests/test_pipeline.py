@@ -74,7 +74,7 @@ def test_one_finished_run_holds_every_param(project, store, run):
     runs = store.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [run.info.run_id]
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == f"lstm-u8-e{EPOCHS}"
+    assert run.info.run_name.startswith(f"lstm-u8-e{EPOCHS}-lr")
     params = run.data.params
     assert params["train.epochs"] == str(EPOCHS)
     assert params["model.units"] == "8"

@@ -58,7 +58,7 @@ def test_unreachable_server_fails_fast_without_the_password():
 
 
 def test_run_name_reads_like_the_model(tiny_params):
-    assert tracking.run_name(tiny_params.model, tiny_params.train) == "lstm-u8-e2"
+    assert tracking.run_name(tiny_params.model, tiny_params.train) == f"lstm-u8-e2-lr{tiny_params.train.learning_rate:g}"
 
 
 @pytest.mark.parametrize(("raised", "status"), [

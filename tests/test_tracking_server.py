@@ -151,7 +151,7 @@ def test_the_train_run_is_finished_with_params_and_metrics(project, client, run)
     assert experiment.artifact_location.startswith("mlflow-artifacts:"), "artifacts go through the server"
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run.info.run_id]
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == f"lstm-u8-e{EPOCHS}"
+    assert run.info.run_name.startswith(f"lstm-u8-e{EPOCHS}-lr")
     assert run.data.params["train.epochs"] == str(EPOCHS)
     assert run.data.params["model.units"] == "8"
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -217,7 +217,7 @@ def test_postgresql_holds_the_run_and_the_registered_model(server, run):
     assert server.sql("SELECT version()").startswith("PostgreSQL ")
     run_id = run.info.run_id
     assert run_id.isalnum()  # safe to put in the queries below
-    assert server.sql(f"SELECT status, name FROM runs WHERE run_uuid = '{run_id}'") == f"FINISHED|lstm-u8-e{EPOCHS}"
+    assert server.sql(f"SELECT status, name FROM runs WHERE run_uuid = '{run_id}'") == f"FINISHED|{run.info.run_name}"
     assert server.sql(f"SELECT count(*) FROM metrics WHERE run_uuid = '{run_id}' AND key = 'val_loss'") == str(EPOCHS)
     assert server.sql(f"SELECT value FROM params WHERE run_uuid = '{run_id}' AND key = 'train.epochs'") == str(EPOCHS)
     assert server.sql(f"SELECT version FROM model_versions WHERE name = 'imdb-sentiment' AND run_id = '{run_id}'") == "1"

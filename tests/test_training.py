@@ -19,8 +19,10 @@ from src.errors import DataError
 from src.model import build_model, compile_model
 from src.training import (
     EPOCH_KEYS,
+    dataset,
     load_model,
     make_deterministic,
+    new_model,
     predict,
     save_model,
     train,
@@ -112,6 +114,36 @@ def test_a_fresh_process_gives_the_same_weights(tiny_params, tmp_path):
     model, _ = fitted(tiny_params, seed=7)
     with np.load(out) as saved:
         assert_same_weights([saved[f"arr_{i}"] for i in range(len(saved.files))], model.get_weights())
+
+
+def epochs_of(data, count: int) -> list[list[int]]:
+    """The x values (one per review) each of ``count`` passes over ``data`` yields, in order."""
+    return [[int(value) for x, _ in data for value in x.numpy()[:, 0]] for _ in range(count)]
+
+
+def test_dataset_reshuffles_every_epoch_in_an_order_the_seed_fixes():
+    """Keras' own shuffle of NumPy arrays repeats one order every epoch once seeded; this does not."""
+    x, y = np.arange(20, dtype=np.int32).reshape(20, 1), np.zeros(20, dtype=np.int8)
+    make_deterministic(0)
+    epochs = epochs_of(dataset(x, y, 6, shuffle_seed=3), 3)
+    assert all(sorted(epoch) == list(range(20)) for epoch in epochs)  # every review once per epoch
+    assert len({tuple(epoch) for epoch in epochs}) == 3
+    make_deterministic(0)  # a new process, or another worker
+    assert epochs_of(dataset(x, y, 6, shuffle_seed=3), 3) == epochs
+    make_deterministic(0)
+    assert epochs_of(dataset(x, y, 6, shuffle_seed=4), 1)[0] != epochs[0]
+    unshuffled = dataset(x, y, 6)
+    assert epochs_of(unshuffled, 2) == [list(range(20))] * 2
+    assert [len(batch_x) for batch_x, _ in unshuffled] == [6, 6, 6, 2]
+    assert all(batch_y.dtype == "float32" for _, batch_y in unshuffled)
+
+
+def test_new_model_is_seeded_and_compiled(tiny_params):
+    model_params, train_params = tiny(tiny_params, seed=5)
+    first = new_model(model_params, train_params, NUM_WORDS, MAXLEN)
+    second = new_model(model_params, train_params, NUM_WORDS, MAXLEN)
+    assert first.optimizer is not None and first.loss == "binary_crossentropy"
+    assert_same_weights(first.get_weights(), second.get_weights())
 
 
 def test_model_learns_the_synthetic_reviews(tiny_params):
