@@ -112,3 +112,45 @@ def make_project(root: Path, data_dir: Path, train: int = 160, test: int = 80) -
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "tiny project"], root)
     return root
+
+
+@contextlib.contextmanager
+def server_on_default_host(args: list[str], cwd: Path, ready_path: str, timeout: float = 120, **env: str):
+    """Like server_process, but without ``--host``: the server binds wherever it does by default.
+
+    Yields (base URL on 127.0.0.1, the server's process) once ``ready_path`` answers 200 there;
+    stops the server's whole process group afterwards.
+    """
+    import signal
+    import tempfile
+
+    import requests
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:  # not a pipe: a chatty server must never block on a full one
+        process = subprocess.Popen([*args, "--port", str(port)], cwd=cwd, env=clean_env(**env),
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"{args} exited {process.returncode}:\n{log.read().decode(errors='replace')}")
+                try:
+                    if requests.get(url + ready_path, timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{args} did not answer {ready_path} on 127.0.0.1 within {timeout:g} s")
+                time.sleep(0.5)
+            yield url, process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)

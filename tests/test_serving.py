@@ -150,3 +150,22 @@ def test_server_refuses_bad_requests_with_4xx_and_stays_up(server, body):
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
     assert response.json()["message"]
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["inputs", "dataframe_records"])
+def test_server_takes_10000_reviews_and_refuses_more_with_a_400_and_stays_up(server, form):
+    def body(count: int) -> dict:
+        reviews = [f"review {i}: a fine film" for i in range(count)]
+        return {"inputs": reviews} if form == "inputs" else {"dataframe_records": [{"text": r} for r in reviews]}
+
+    at_most = _invoke(server, body(10_000))  # README: more than 10,000 reviews get a 400
+    assert at_most.status_code == 200, at_most.text[:300]
+    assert len(at_most.json()["predictions"]) == 10_000
+    too_many = _invoke(server, body(10_001))
+    assert too_many.status_code == 400, (too_many.status_code, too_many.text[:300])
+    # MLflow's scoring server puts "Failed to predict data '<the whole input>'. \nError: " before it
+    assert too_many.json()["message"].endswith("Error: 10001 reviews in one request; send at most 10000")
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+    again = _invoke(server, body(2))
+    assert again.status_code == 200 and len(again.json()["predictions"]) == 2
