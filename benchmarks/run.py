@@ -1,7 +1,7 @@
 """Benchmark the pipeline on an aclImdb archive; write report.json and report.md.
 
     python -m benchmarks.run [--archive PATH] [--sha256 HEX] [--out benchmarks/results]
-                             [--set section.key=value ...] [--compare-seed-one [--compare-epochs 2]]
+                             [--set section.key=value ...] [--compare-seed-one [--compare-epochs 6]]
 
 Runs every stage with `dvc repro --single-item` in a throw-away copy of this repository
 (params.yaml as it is now, data.url pointing at the archive, MLflow in the copy's mlflow.db),
@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a params.yaml key, e.g. --set train.epochs=1 (repeatable)")
     parser.add_argument("--compare-seed-one", action="store_true",
                         help="also train seed one's configuration and the pipeline's for the same shape")
-    parser.add_argument("--compare-epochs", type=int, default=2, help="epochs of each comparison run (default 2)")
+    parser.add_argument("--compare-epochs", type=int, default=6,
+                        help="most epochs of each comparison run, early stopping after 2 without progress (default 6)")
     parser.add_argument("--peak-seconds", type=float, default=1.0,
                         help="seconds per timing of the matmul peak (best of 3 per shape; default 1)")
     parser.add_argument("--noop-runs", type=int, default=3, help="times `dvc repro` is timed with nothing changed")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from src.batching import bucketed_batches, cut_padding, length_bucketed_dataset, review_lengths
+from src.batching import bucket_boundaries, length_bucketed_dataset, review_lengths
 
 
 def padded(lengths, maxlen, padding="pre", seed=0):
@@ -24,64 +24,55 @@ def test_review_lengths_count_the_non_padding_ids():
     assert review_lengths(x).tolist() == [3, 0, 7]
 
 
-@pytest.mark.parametrize("count,batch_size", [(1000, 32), (33, 32), (5, 8)])
-def test_every_review_lands_in_exactly_one_batch(count, batch_size):
-    lengths = np.random.default_rng(1).integers(1, 400, size=count)
-    batches = bucketed_batches(lengths, batch_size, np.random.default_rng(0))
-    assert sorted(np.concatenate(batches).tolist()) == list(range(count))
-    assert len(batches) == -(-count // batch_size)
-    assert all(len(batch) <= batch_size for batch in batches)
+def test_bucket_boundaries_cover_every_length():
+    assert bucket_boundaries(80, 16) == [17, 33, 49, 65]
+    assert bucket_boundaries(10, 16) == []
+
+
+def epochs_of(data, count: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    return [list(data.as_numpy_iterator()) for _ in range(count)]
+
+
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_every_review_once_per_epoch_with_its_words_and_label(padding):
+    lengths = np.random.default_rng(2).integers(1, 60, size=300)
+    x = padded(lengths, 60, padding)
+    y = np.arange(300, dtype=np.float32)  # the label names its row, to check the pairing
+    for epoch in epochs_of(length_bucketed_dataset(x, y, 16, seed=5), 2):
+        seen = []
+        for batch_x, batch_y in epoch:
+            assert len(batch_y) <= 16
+            for ids, row in zip(batch_x, batch_y.astype(int)):
+                words = x[row][x[row] != 0]
+                assert np.array_equal(ids[:len(words)], words) and not ids[len(words):].any()
+            seen.extend(batch_y.astype(int).tolist())
+        assert sorted(seen) == list(range(300))
 
 
 def test_batches_hold_reviews_of_similar_length():
-    lengths = np.random.default_rng(1).integers(1, 400, size=4096)
-    batches = bucketed_batches(lengths, 32, np.random.default_rng(0))
-    kept = sum(lengths[batch].max() * len(batch) for batch in batches)
-    assert kept < 1.1 * lengths.sum()  # unbucketed, every batch would cost ~ its longest: ~1.9x here
+    lengths = np.random.default_rng(1).integers(1, 400, size=2048)
+    x = padded(lengths, 400)
+    batches = list(length_bucketed_dataset(x, np.zeros(2048, np.float32), 32, seed=0).as_numpy_iterator())
+    kept = sum(batch_x.size for batch_x, _ in batches)
+    assert kept < 1.15 * lengths.sum() < 0.6 * x.size  # unbucketed, every batch is 400 wide: 2x the words
 
 
-def test_order_depends_on_the_seed_only():
-    lengths = np.arange(500) % 97
-    first = bucketed_batches(lengths, 16, np.random.default_rng(3))
-    again = bucketed_batches(lengths, 16, np.random.default_rng(3))
-    other = bucketed_batches(lengths, 16, np.random.default_rng(4))
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+def test_order_is_new_each_epoch_and_fixed_by_the_seed():
+    x = padded(np.random.default_rng(3).integers(1, 40, size=200), 40)
+    y = np.arange(200, dtype=np.float32)
 
+    def orders(seed):
+        return [np.concatenate([b for _, b in epoch]).tolist()
+                for epoch in epochs_of(length_bucketed_dataset(x, y, 16, seed=seed), 2)]
 
-@pytest.mark.parametrize("padding", ["pre", "post"])
-def test_cut_padding_keeps_every_word(padding):
-    x = padded([2, 5, 3], 9, padding)
-    cut = cut_padding(x)
-    assert cut.shape == (3, 5)
-    assert [sorted(row[row != 0]) for row in cut] == [sorted(row[row != 0]) for row in x]
-
-
-def test_cut_padding_of_empty_reviews_keeps_one_column():
-    assert cut_padding(np.zeros((2, 6), np.int32)).shape == (2, 1)
-
-
-def test_dataset_covers_the_data_each_epoch_in_a_new_order():
-    x = padded(np.random.default_rng(2).integers(1, 30, size=70), 30)
-    y = np.arange(70, dtype=np.float32)  # the label names its row, to check the pairing
-    data = length_bucketed_dataset(x, y, 16, seed=5)
-    epochs = []
-    for _ in range(2):
-        seen = []
-        for index in range(len(data)):
-            batch_x, batch_y = data[index]
-            rows = batch_y.astype(int)
-            assert np.array_equal(batch_x, x[rows][:, 30 - batch_x.shape[1]:])
-            assert (review_lengths(batch_x) == review_lengths(x[rows])).all()
-            seen.extend(rows.tolist())
-        assert sorted(seen) == list(range(70))
-        epochs.append(seen)
-        data.on_epoch_end()
-    assert epochs[0] != epochs[1]
+    first, again, other = orders(7), orders(7), orders(8)
+    assert first == again
+    assert first[0] != first[1]
+    assert first[0] != other[0]
 
 
 @pytest.mark.parametrize("padding", ["pre", "post"])
-def test_a_masked_lstm_gives_the_same_output_on_cut_batches(padding):
+def test_a_masked_lstm_gives_the_same_output_on_bucketed_batches(padding):
     import keras
 
     keras.utils.set_random_seed(0)
@@ -89,8 +80,9 @@ def test_a_masked_lstm_gives_the_same_output_on_cut_batches(padding):
                               keras.layers.LSTM(6), keras.layers.Dense(1)])
     x = padded([5, 12, 3, 9], 40, padding)
     full = model.predict(x, verbose=0)
-    cut = model.predict(cut_padding(x), verbose=0)
-    np.testing.assert_allclose(cut, full, rtol=1e-5, atol=1e-6)
+    y = np.arange(len(x), dtype=np.float32)
+    for batch_x, batch_y in length_bucketed_dataset(x, y, 2, seed=0).as_numpy_iterator():
+        np.testing.assert_allclose(model.predict(batch_x, verbose=0), full[batch_y.astype(int)], rtol=1e-5, atol=1e-6)
 
 
 def test_bucketed_training_learns_and_is_reproducible(tiny_params):

@@ -9,6 +9,8 @@ import pytest
 
 from synthetic import write_aclimdb_tarball
 
+from src.params import params_from_dict
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["preprocess.num_words=60", "preprocess.maxlen=24", "model.embedding_dim=8", "model.units=8",
         "model.layers=1", "model.bidirectional=false", "model.recurrent_dropout=0.0",
@@ -104,9 +106,10 @@ def test_seed_one_and_pipeline_share_the_shape_and_epochs(real_params_dict):
     for params in both.values():
         assert (params["preprocess"]["num_words"], params["preprocess"]["maxlen"]) == (20000, 80)
         assert (params["model"]["embedding_dim"], params["model"]["units"], params["model"]["layers"]) == (128, 128, 1)
-        assert (params["train"]["epochs"], params["train"]["early_stopping_patience"]) == (2, 0)
+        assert (params["train"]["epochs"], params["train"]["early_stopping_patience"]) == (2, 2)
+        params_from_dict(params)  # a valid combination
     seed, ours = both["seed_one"], both["pipeline"]
     assert seed["model"]["recurrent_dropout"] == 0.2 and seed["model"]["mask_padding"] is False
     assert seed["train"]["batch_size"] == 32 and seed["train"]["optimizer"] == "adam"
-    assert ours["train"]["batch_size"] == real_params_dict["train"]["batch_size"]
-    assert ours["model"]["mask_padding"] == real_params_dict["model"]["mask_padding"]
+    assert ours["model"]["recurrent_dropout"] == 0.0 and ours["model"]["mask_padding"] is True
+    assert ours["train"]["batch_size"] > seed["train"]["batch_size"]
