@@ -82,9 +82,9 @@ def _trained_model(path: str):
     """The train stage's model as it was when the stage logged it: compiled, with its optimizer state."""
     import keras
 
-    from src.model import masked_max_pooling
+    from src.model import register_custom_layers
 
-    masked_max_pooling()  # registers the custom pooling layer
+    register_custom_layers()
     return keras.saving.load_model(path, compile=True, safe_mode=True)
 
 
