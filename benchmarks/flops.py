@@ -4,7 +4,10 @@ Only the LSTM's matrix products are counted: per timestep, per direction, per la
 gates are one product [batch, input + units] x [input + units, 4 * units], that is
 2 * 4 * units * (input + units) FLOPs per review. The embedding lookup, the gate
 nonlinearities and the Dense layer are left out (under 1 % at the pipeline's shapes).
-Masked and padded timesteps are computed all the same, so every review costs maxlen steps.
+Masked and padded timesteps are computed all the same, so a review costs maxlen steps, unless
+train.bucket_by_length pads each batch only to its longest review: then only the review's own
+steps are counted (its ids after truncation), which leaves out the little padding the buckets
+keep, so the FLOP/s reached is, if anything, under-counted.
 """
 
 import time
@@ -25,13 +28,13 @@ def lstm_shapes(model: dict, batch_size: int) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def forward_flops_per_review(model: dict, maxlen: int) -> float:
+def forward_flops_per_review(model: dict, maxlen: float) -> float:
     """FLOPs of one review's forward pass through the LSTM layers (matrix products only)."""
     directions = 2 if model["bidirectional"] else 1
     return float(sum(2 * k * n for _, k, n in lstm_shapes(model, 1)) * maxlen * directions)
 
 
-def flop_figures(model: dict, maxlen: int, batch_size: int, reviews_per_second: float,
+def flop_figures(model: dict, steps: float, batch_size: int, reviews_per_second: float,
                  peaks: dict[str, float], validation_share: float = 0.0) -> dict:
     """FLOPs per review, the FLOP/s training reached, and its share of the measured peaks.
 
@@ -43,7 +46,7 @@ def flop_figures(model: dict, maxlen: int, batch_size: int, reviews_per_second: 
     LSTM-shape peak is the rate at which the LSTM's own products would run if training did
     nothing but them at their measured speed (a FLOP-weighted harmonic mean over layers).
     """
-    forward = forward_flops_per_review(model, maxlen)
+    forward = forward_flops_per_review(model, steps)
     training = TRAINING_FACTOR * forward
     achieved = training * reviews_per_second
     machine_peak = max(peaks.values())
@@ -51,6 +54,7 @@ def flop_figures(model: dict, maxlen: int, batch_size: int, reviews_per_second: 
     per_layer = [2 * k * n for _, k, n in shapes]
     lstm_peak = sum(per_layer) / sum(flops / peaks[shape_name(shape)] for flops, shape in zip(per_layer, shapes))
     return {
+        "lstm_steps_per_review": steps,
         "forward_flops_per_review": forward,
         "training_flops_per_review": training,
         "achieved_flops_per_second": achieved,

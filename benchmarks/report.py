@@ -12,8 +12,10 @@ def build_report(*, params: dict, stages: dict, pipeline_seconds: float, outputs
     history, statistics = outputs["history"], outputs["preprocess"]
     rate = steady_reviews_per_second(history)
     validation_share = statistics["val"]["reviews"] / statistics["train"]["reviews"]
-    flops = flop_figures(params["model"], params["preprocess"]["maxlen"], params["train"]["batch_size"],
-                         rate, peaks, validation_share)
+    steps = params["preprocess"]["maxlen"]
+    if params["train"].get("bucket_by_length") and "kept_mean" in statistics["train"]:
+        steps = statistics["train"]["kept_mean"]  # each batch padded only to its longest review
+    flops = flop_figures(params["model"], steps, params["train"]["batch_size"], rate, peaks, validation_share)
     lstm, baseline = outputs["evaluate"], outputs["baseline"]
     return {
         **context,
@@ -109,7 +111,8 @@ def _training(report: dict) -> list[str]:
 def _compute(report: dict) -> list[str]:
     flops = report["flops"]
     lines = ["## Compute", ""] + _paragraph(
-        f"LSTM matrix products per review: {_n(flops['forward_flops_per_review'] / 1e6)} MFLOP forward, ",
+        f"LSTM matrix products per review ({_n(flops['lstm_steps_per_review'])} steps): "
+        f"{_n(flops['forward_flops_per_review'] / 1e6)} MFLOP forward, ",
         f"{_n(flops['training_flops_per_review'] / 1e6)} MFLOP to train (3x forward). Reached: ",
         f"{_n(flops['achieved_flops_per_second'] / 1e9)} GFLOP/s training only, ",
         f"{_n(flops['achieved_flops_per_second_with_validation'] / 1e9)} GFLOP/s counting the validation pass.")

@@ -122,6 +122,7 @@ def statistics(part: Encoded, maxlen: int) -> dict:
         **{f"length_p{p}": round(float(value), 3) for p, value in zip(PERCENTILES, percentiles)},
         "length_max": int(part.lengths.max()),
         "truncated_share": round(float((part.lengths > maxlen).mean()), 6),
+        "kept_mean": round(float(np.minimum(part.lengths, maxlen).mean()), 3),  # ids per review after truncation
         "oov_rate": round(int(np.count_nonzero(part.ids == OOV)) / words, 6) if words else 0.0,
     }
 

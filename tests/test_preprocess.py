@@ -156,7 +156,7 @@ def test_aclimdb_outputs(aclimdb_raw, tiny_params):
     assert stats["val"]["positive_share"] == 0.5 and stats["test"]["reviews"] == 20
     assert stats["vocabulary_words"] == len(result.vocabulary["words"]) == p.num_words - 4
     assert set(stats["train"]) == {"reviews", "positive_share", "length_p50", "length_p90", "length_p95",
-                                   "length_p99", "length_max", "truncated_share", "oov_rate"}
+                                   "length_p99", "length_max", "truncated_share", "kept_mean", "oov_rate"}
     assert all(isinstance(value, (int, float)) for split in ("train", "val", "test") for value in stats[split].values())
     assert 0 < stats["test"]["oov_rate"] < 1 and 0 < stats["train"]["truncated_share"] < 1
 
