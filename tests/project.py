@@ -94,6 +94,28 @@ def update_params(root: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def make_workspace(folder: Path, tarball_name: str = "aclImdb_tiny.tar.gz") -> Path:
+    """In ``folder``: a tiny tarball, its reviews in raw/, arrays in processed/ and params.yaml (one epoch)."""
+    import json
+
+    from src.download import safe_extract_reviews
+    from src.params import params_from_dict
+    from src.preprocess import preprocess, write_outputs
+
+    tarball = write_aclimdb_tarball(folder / tarball_name, train=120, test=40)
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["data"].update(url=str(tarball), sha256=hashlib.sha256(tarball.read_bytes()).hexdigest())
+    raw["preprocess"].update(num_words=60, maxlen=24, val_fraction=0.25)
+    raw["model"].update(TINY["model"])
+    raw["train"].update(batch_size=16, epochs=1, early_stopping_patience=0)
+    (folder / "params.yaml").write_text(yaml.safe_dump(raw))
+    safe_extract_reviews(tarball, folder / "raw")
+    (folder / "raw" / "source.json").write_text(json.dumps({"source": "aclimdb"}))
+    write_outputs(preprocess(folder / "raw", params_from_dict(raw).preprocess),
+                  folder / "processed", folder / "preprocess.json")
+    return folder
+
+
 def make_project(root: Path, data_dir: Path, train: int = 160, test: int = 80) -> Path:
     """Copy the project into ``root``, point it at a tiny tarball, and commit it."""
     root.mkdir(parents=True)

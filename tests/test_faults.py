@@ -8,7 +8,6 @@ with one `error:` line naming the output and what to do, and leaves nothing half
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -27,7 +26,7 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 
 from conftest import REPO_ROOT
-from project import clean_env, dvc, make_project, update_params
+from project import clean_env, dvc, make_project, make_workspace, update_params
 from src.cli import run_stage
 from src.errors import DataError, OutputError
 from src.fileio import atomic_dir, atomic_path, remove_stale_temporaries, write_json
@@ -127,25 +126,7 @@ def _can(command: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Tiny raw and processed data, params (one epoch) and a folder for an MLflow store."""
-    from src.download import safe_extract_reviews
-    from src.params import params_from_dict
-    from src.preprocess import preprocess, write_outputs
-    from synthetic import write_aclimdb_tarball
-
-    folder = tmp_path_factory.mktemp("workspace")
-    tarball = write_aclimdb_tarball(folder / "aclImdb_tiny.tar.gz", train=120, test=40)
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["data"].update(url=str(tarball), sha256=hashlib.sha256(tarball.read_bytes()).hexdigest())
-    raw["preprocess"].update(num_words=60, maxlen=24, val_fraction=0.25)
-    raw["model"].update(embedding_dim=8, units=8, layers=1, bidirectional=False, dropout=0.0,
-                        recurrent_dropout=0.0, pooling="last", mask_padding=True)
-    raw["train"].update(batch_size=16, epochs=1, early_stopping_patience=0)
-    (folder / "params.yaml").write_text(yaml.safe_dump(raw))
-    safe_extract_reviews(tarball, folder / "raw")
-    (folder / "raw" / "source.json").write_text(json.dumps({"source": "aclimdb"}))
-    write_outputs(preprocess(folder / "raw", params_from_dict(raw).preprocess),
-                  folder / "processed", folder / "preprocess.json")
-    return folder
+    return make_workspace(tmp_path_factory.mktemp("workspace"))
 
 
 def _stage_command(stage: str, work: Path, out: Path) -> list[str]:

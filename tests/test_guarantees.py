@@ -8,7 +8,6 @@
   within seconds, with one line, before any training.
 """
 
-import hashlib
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ import yaml
 from src.errors import DataError
 from conftest import REPO_ROOT
 from http_server import FileServer
-from project import clean_env, dvc, free_port, make_project, server_on_default_host, update_params
+from project import clean_env, dvc, free_port, make_project, make_workspace, server_on_default_host, update_params
 
 SECRET = "s3cret"  # the password every URL in this file carries
 USERINFO = f"user:{SECRET}"
@@ -210,25 +209,7 @@ def files_holding(root: Path, secret: str, skip: tuple[Path, ...] = ()) -> list[
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny tarball, its extracted reviews, preprocessed arrays and params (one epoch)."""
-    from src.download import safe_extract_reviews
-    from src.params import params_from_dict
-    from src.preprocess import preprocess, write_outputs
-    from synthetic import write_aclimdb_tarball
-
-    folder = tmp_path_factory.mktemp("workspace")
-    tarball = write_aclimdb_tarball(folder / TARBALL.lstrip("/"), train=120, test=40)
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["data"].update(url=str(tarball), sha256=hashlib.sha256(tarball.read_bytes()).hexdigest())
-    raw["preprocess"].update(num_words=60, maxlen=24, val_fraction=0.25)
-    raw["model"].update(embedding_dim=8, units=8, layers=1, bidirectional=False, dropout=0.0,
-                        recurrent_dropout=0.0, pooling="last", mask_padding=True)
-    raw["train"].update(batch_size=16, epochs=1, early_stopping_patience=0)
-    (folder / "params.yaml").write_text(yaml.safe_dump(raw))
-    safe_extract_reviews(tarball, folder / "raw")
-    (folder / "raw" / "source.json").write_text(json.dumps({"source": "aclimdb"}))
-    write_outputs(preprocess(folder / "raw", params_from_dict(raw).preprocess),
-                  folder / "processed", folder / "preprocess.json")
-    return folder
+    return make_workspace(tmp_path_factory.mktemp("workspace"), TARBALL.lstrip("/"))
 
 
 def _stage(stage: str, cwd: Path, *args: str, timeout: float = 120, **env: str):
