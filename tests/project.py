@@ -52,34 +52,51 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def _running_server(command: list[str], cwd: Path, url: str, ready_path: str, timeout: float, env: dict):
+    """Start ``command``; yield its process once ``url + ready_path`` answers 200; stop its whole process group."""
+    import signal
+    import tempfile
+
+    import requests
+
+    with tempfile.TemporaryFile() as log:  # not a pipe: a chatty server must never block on a full one
+        process = subprocess.Popen(command, cwd=cwd, env=clean_env(**env), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"{command} exited {process.returncode}:\n{log.read().decode(errors='replace')}")
+                try:
+                    if requests.get(url + ready_path, timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{command} did not answer {ready_path} on {url} within {timeout:g} s")
+                time.sleep(0.5)
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+@contextlib.contextmanager
 def server_process(args: list[str], cwd: Path, ready_path: str, timeout: float = 120, **env: str):
     """Run a server command (`mlflow ui`, `mlflow models serve`) on a free loopback port.
 
     Yields its base URL once ``ready_path`` answers 200; stops the server afterwards.
     """
-    import requests
-
     port = free_port()
-    process = subprocess.Popen([*args, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=clean_env(**env),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"{args} exited {process.returncode}:\n{process.stderr.read().decode()}")
-            try:
-                if requests.get(url + ready_path, timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{args} did not answer {ready_path} within {timeout:g} s")
-            time.sleep(0.5)
+    with _running_server([*args, "--host", "127.0.0.1", "--port", str(port)], cwd, url, ready_path, timeout, env):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def dvc(cwd: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -143,36 +160,7 @@ def server_on_default_host(args: list[str], cwd: Path, ready_path: str, timeout:
     Yields (base URL on 127.0.0.1, the server's process) once ``ready_path`` answers 200 there;
     stops the server's whole process group afterwards.
     """
-    import signal
-    import tempfile
-
-    import requests
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:  # not a pipe: a chatty server must never block on a full one
-        process = subprocess.Popen([*args, "--port", str(port)], cwd=cwd, env=clean_env(**env),
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError(f"{args} exited {process.returncode}:\n{log.read().decode(errors='replace')}")
-                try:
-                    if requests.get(url + ready_path, timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{args} did not answer {ready_path} on 127.0.0.1 within {timeout:g} s")
-                time.sleep(0.5)
-            yield url, process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+    with _running_server([*args, "--port", str(port)], cwd, url, ready_path, timeout, env) as process:
+        yield url, process
