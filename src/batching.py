@@ -28,7 +28,7 @@ def bucket_boundaries(maxlen: int, width: int = BUCKET_WIDTH) -> list[int]:
 
 
 def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
-    """A tf.data.Dataset of (ids, labels) batches of reviews of similar length, reshuffled each epoch.
+    """A tf.data.Dataset of (ids, float32 labels) batches of reviews of similar length, reshuffled each epoch.
 
     Each review loses its padding, the reviews are shuffled, and tf.data's
     bucket_by_sequence_length batches them by length, padding each batch (after the words)
@@ -37,7 +37,7 @@ def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed:
     import tensorflow as tf
 
     boundaries = bucket_boundaries(x.shape[1])
-    data = tf.data.Dataset.from_tensor_slices((x, y))
+    data = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     data = data.map(lambda ids, label: (tf.boolean_mask(ids, ids != 0), label))
     data = data.bucket_by_sequence_length(

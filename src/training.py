@@ -91,8 +91,8 @@ def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams) -
                 dataset(x_val, y_val, params.batch_size))
     from src.batching import length_bucketed_dataset
 
-    return (length_bucketed_dataset(x_train, y_train.astype("float32"), params.batch_size, params.seed),
-            length_bucketed_dataset(x_val, y_val.astype("float32"), params.batch_size, params.seed))
+    return (length_bucketed_dataset(x_train, y_train, params.batch_size, params.seed),
+            length_bucketed_dataset(x_val, y_val, params.batch_size, params.seed))
 
 
 def new_model(model_params: ModelParams, train_params: TrainParams, num_words: int, maxlen: int, strategy=None):
