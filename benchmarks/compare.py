@@ -10,6 +10,7 @@ import logging
 import statistics
 from pathlib import Path
 
+from benchmarks.ceiling import ceilings
 from benchmarks.project import read_outputs, run_stages, write_params
 
 log = logging.getLogger("imdb_lstm.benchmarks")
@@ -56,8 +57,12 @@ def variants(base: dict, epochs: int) -> dict[str, dict]:
     return {"seed_one": _merge(base, SHAPE, SEED_ONE, same), "pipeline": _merge(base, SHAPE, PIPELINE_FOR_SHAPE, same)}
 
 
-def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int) -> dict:
-    """Train both variants; their throughput, test accuracy and the pipeline's speed-up. params.yaml is restored."""
+def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int, ceiling_seconds: float = 3.0) -> dict:
+    """Train both variants; their throughput, test accuracy, the pipeline's speed-up and its ceiling.
+
+    The ceiling is the LSTM layer alone at the shape (benchmarks/ceiling.py), at the pipeline's
+    batch and at twice it. params.yaml is restored.
+    """
     results = {}
     try:
         for name, params in variants(base, epochs).items():
@@ -76,6 +81,13 @@ def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int) -> dict:
             }
     finally:
         write_params(root, base)
-    results["speedup"] = results["pipeline"]["reviews_per_second"] / results["seed_one"]["reviews_per_second"]
+    seed_rate = results["seed_one"]["reviews_per_second"]
+    results["speedup"] = results["pipeline"]["reviews_per_second"] / seed_rate
     results["epochs_trained"] = epochs
+    batch = PIPELINE_FOR_SHAPE["train"]["batch_size"]
+    log.info("seed-one comparison: timing the LSTM layer alone at batch %d and %d", batch, 2 * batch)
+    alone = ceilings(SHAPE["model"]["embedding_dim"], SHAPE["model"]["units"], SHAPE["preprocess"]["maxlen"],
+                     [batch, 2 * batch], ceiling_seconds)
+    results["lstm_alone"] = {"reviews_per_second": alone,
+                             "speedup_ceiling": {size: rate / seed_rate for size, rate in alone.items()}}
     return results

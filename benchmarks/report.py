@@ -87,6 +87,9 @@ def _summary(report: dict) -> list[str]:
         ["largest memory (max RSS)", f"{report['stages'][largest]['max_rss_mib']:.0f} MiB ({largest} stage)"],
         *([["seed one -> the pipeline's choices (same shape): throughput", f"{compare['speedup']:.2f}x"]]
           if compare else []),
+        *([["seed one -> the LSTM layer alone at that shape (the ceiling)",
+            " / ".join(f"{x:.2f}x (batch {size})" for size, x in compare["lstm_alone"]["speedup_ceiling"].items())]]
+          if compare and "lstm_alone" in compare else []),
         *[[f"check: {name.replace('_', ' ')}", _ok(flag)] for name, flag in report["checks"].items()],
     ])
 
@@ -162,7 +165,18 @@ def _seed_one(report: dict) -> list[str]:
         ["epochs run", str(len(seed["epochs"])), str(len(ours["epochs"]))],
         ["test accuracy", f"{seed['test_accuracy']:.4f}", f"{ours['test_accuracy']:.4f}"],
         ["test ROC AUC", f"{seed['test_roc_auc']:.4f}", f"{ours['test_roc_auc']:.4f}"],
-    ])
+    ]) + _ceiling(compare)
+
+
+def _ceiling(compare: dict) -> list[str]:
+    alone = compare.get("lstm_alone")
+    if not alone:
+        return []
+    lines = ["### The ceiling: the LSTM layer alone", ""] + _paragraph(
+        "One `keras.layers.LSTM(128)` on random inputs of this shape, forward and backward, nothing else ",
+        "(no embedding, optimizer or validation pass): no choice around the LSTM can train this shape faster.")
+    return lines + _table(["batch", "reviews/s", "x seed one"], [
+        [size, _n(rate), f"{alone['speedup_ceiling'][size]:.2f}x"] for size, rate in alone["reviews_per_second"].items()])
 
 
 def _machine(report: dict) -> list[str]:

@@ -116,3 +116,25 @@ def test_seed_one_and_pipeline_share_the_shape_and_epochs(real_params_dict):
     assert seed["train"]["batch_size"] == 32 and seed["train"]["optimizer"] == "adam"
     assert ours["model"]["recurrent_dropout"] == 0.0 and ours["model"]["mask_padding"] is True
     assert ours["train"]["batch_size"] > seed["train"]["batch_size"]
+
+
+def test_lstm_layer_alone_is_timed_per_batch_size():
+    from benchmarks.ceiling import ceilings
+
+    rates = ceilings(embedding_dim=8, units=8, maxlen=6, batch_sizes=[4, 8], seconds=0.05)
+    assert list(rates) == ["4", "8"]
+    assert all(0 < rate < float("inf") for rate in rates.values())
+
+
+def test_seed_one_section_shows_the_ceiling_against_seed_one():
+    from benchmarks.report import _seed_one
+
+    run = {"params": {"train.batch_size": 32}, "reviews_per_second": 200.0, "train_stage_seconds": 10.0,
+           "epochs": [{}], "test_accuracy": 0.8, "test_roc_auc": 0.9}
+    compare = {"seed_one": run, "pipeline": {**run, "params": {"train.batch_size": 512}, "reviews_per_second": 700.0},
+               "speedup": 3.5, "epochs_trained": 1,
+               "lstm_alone": {"reviews_per_second": {"512": 1000.0, "1024": 1300.0},
+                              "speedup_ceiling": {"512": 5.0, "1024": 6.5}}}
+    lines = _seed_one({"compare_seed_one": compare})
+    assert "| train.batch_size | `32` | `512` |" in lines
+    assert "| 512 | 1,000 | 5.00x |" in lines and "| 1024 | 1,300 | 6.50x |" in lines

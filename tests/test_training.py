@@ -263,3 +263,19 @@ def test_load_model_refuses_missing_and_corrupt_files(tiny_params, tmp_path):
             target.writestr(name, b"{not json" if name == "config.json" else source.read(name))
     with pytest.raises(DataError, match="not a readable Keras model"):
         load_model(bad_config)
+
+
+def test_length_buckets_train_without_keras_running_out_of_data_warnings(tiny_params):
+    import warnings
+
+    model_params, train_params = tiny(tiny_params, epochs=2, bucket_by_length=True)
+    model_params = dataclasses.replace(model_params, mask_padding=True)
+    make_deterministic(train_params.seed)
+    model = build_model(model_params, NUM_WORDS, MAXLEN)
+    compile_model(model, train_params)
+    train_xy, val_xy = synthetic_data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = train(model, train_xy, val_xy, train_params)
+    assert len(history) == 2
+    assert not [w for w in caught if "ran out of data" in str(w.message)]

@@ -1,0 +1,52 @@
+"""How fast one Keras LSTM layer trains by itself: the ceiling on any whole model built on it.
+
+A training step of the pipeline's model does the LSTM's forward and backward passes and more
+(the embedding, its gradient, the optimizer, the validation pass of each epoch). Timing the
+LSTM layer alone, on random inputs of the model's shape, gives the most reviews per second any
+choice around it can reach: if seed one's configuration trains at R reviews/s, no batching,
+dropout or input-pipeline choice can make the same shape train faster than ceiling / R times
+seed one, while the LSTM is Keras'.
+"""
+
+import time
+
+
+def lstm_layer_rate(embedding_dim: int, units: int, maxlen: int, batch_size: int, seconds: float = 3.0,
+                    repeats: int = 3) -> float:
+    """Best reviews/s of one keras.layers.LSTM's forward + backward pass at this shape (float32, no mask).
+
+    Each timing runs whole steps (a tf.function: forward, loss, gradients of the layer's
+    weights and of its inputs, as in training) for about ``seconds``; the best of ``repeats``.
+    """
+    import keras
+    import tensorflow as tf
+
+    inputs = tf.random.uniform([batch_size, maxlen, embedding_dim], -0.05, 0.05, seed=3)
+    lstm = keras.layers.LSTM(units)
+    lstm(inputs)  # build
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(lstm(inputs, training=True))
+        gradients = tape.gradient(loss, [inputs, *lstm.trainable_variables])
+        return tf.add_n([tf.reduce_sum(g) for g in gradients])
+
+    step().numpy()  # trace and warm up
+    best = 0.0
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            step().numpy()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        best = max(best, batch_size * calls / elapsed)
+    return best
+
+
+def ceilings(embedding_dim: int, units: int, maxlen: int, batch_sizes: list[int], seconds: float) -> dict[str, float]:
+    """lstm_layer_rate at each batch size, keyed by the batch size (as text, for JSON)."""
+    return {str(batch): lstm_layer_rate(embedding_dim, units, maxlen, batch, seconds) for batch in batch_sizes}
