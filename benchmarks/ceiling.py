@@ -8,7 +8,7 @@ dropout or input-pipeline choice can make the same shape train faster than ceili
 seed one, while the LSTM is Keras'.
 """
 
-import time
+from benchmarks.flops import best_rate
 
 
 def lstm_layer_rate(embedding_dim: int, units: int, maxlen: int, batch_size: int, seconds: float = 3.0,
@@ -33,18 +33,7 @@ def lstm_layer_rate(embedding_dim: int, units: int, maxlen: int, batch_size: int
         gradients = tape.gradient(loss, [inputs, *lstm.trainable_variables])
         return tf.add_n([tf.reduce_sum(g) for g in gradients])
 
-    step().numpy()  # trace and warm up
-    best = 0.0
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            step().numpy()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-        best = max(best, batch_size * calls / elapsed)
-    return best
+    return best_rate(lambda: step().numpy(), batch_size, seconds, repeats)
 
 
 def ceilings(embedding_dim: int, units: int, maxlen: int, batch_sizes: list[int], seconds: float) -> dict[str, float]:

@@ -93,18 +93,22 @@ def matmul_rate(shape: tuple[int, int, int], seconds: float = 1.0, repeats: int 
                 total += tf.matmul(tf.gather(a, (step + i) % unroll), b)
         return total[0, 0]
 
-    products().numpy()  # trace and warm up
-    flops_per_call = 2.0 * m * k * n * unroll * steps
+    return best_rate(lambda: products().numpy(), 2.0 * m * k * n * unroll * steps, seconds, repeats)
+
+
+def best_rate(call, work_per_call: float, seconds: float, repeats: int) -> float:
+    """Best work per second over ``repeats`` timings, each of as many ``call()``s as fill ``seconds``; one untimed call first (tracing, warm-up)."""
+    call()
     best = 0.0
     for _ in range(repeats):
         calls, start = 0, time.perf_counter()
         while True:
-            products().numpy()
+            call()
             calls += 1
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 break
-        best = max(best, flops_per_call * calls / elapsed)
+        best = max(best, work_per_call * calls / elapsed)
     return best
 
 
