@@ -85,11 +85,10 @@ def _summary(report: dict) -> list[str]:
          f"{accuracy['lstm']['accuracy']:.4f} / {accuracy['baseline']['accuracy']:.4f}"],
         ["pipeline wall time (5 stages)", f"{_n(report['pipeline_seconds'])} s"],
         ["largest memory (max RSS)", f"{report['stages'][largest]['max_rss_mib']:.0f} MiB ({largest} stage)"],
-        *([["seed one -> the pipeline's choices (same shape): throughput", f"{compare['speedup']:.2f}x"]]
-          if compare else []),
-        *([["seed one -> the LSTM layer alone at that shape (the ceiling)",
+        *([["seed one -> the pipeline's choices (same shape): throughput", f"{compare['speedup']:.2f}x"],
+           ["seed one -> the LSTM layer alone at that shape (the ceiling)",
             " / ".join(f"{x:.2f}x (batch {size})" for size, x in compare["lstm_alone"]["speedup_ceiling"].items())]]
-          if compare and "lstm_alone" in compare else []),
+          if compare else []),
         *[[f"check: {name.replace('_', ' ')}", _ok(flag)] for name, flag in report["checks"].items()],
     ])
 
@@ -169,9 +168,7 @@ def _seed_one(report: dict) -> list[str]:
 
 
 def _ceiling(compare: dict) -> list[str]:
-    alone = compare.get("lstm_alone")
-    if not alone:
-        return []
+    alone = compare["lstm_alone"]
     lines = ["### The ceiling: the LSTM layer alone", ""] + _paragraph(
         "One `keras.layers.LSTM(128)` on random inputs of this shape, forward and backward, nothing else ",
         "(no embedding, optimizer or validation pass): no choice around the LSTM can train this shape faster.")

@@ -268,14 +268,9 @@ def test_load_model_refuses_missing_and_corrupt_files(tiny_params, tmp_path):
 def test_length_buckets_train_without_keras_running_out_of_data_warnings(tiny_params):
     import warnings
 
-    model_params, train_params = tiny(tiny_params, epochs=2, bucket_by_length=True)
-    model_params = dataclasses.replace(model_params, mask_padding=True)
-    make_deterministic(train_params.seed)
-    model = build_model(model_params, NUM_WORDS, MAXLEN)
-    compile_model(model, train_params)
-    train_xy, val_xy = synthetic_data()
+    bucketed = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, bucket_by_length=True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        history = train(model, train_xy, val_xy, train_params)
+        _, history = fit_tiny(bucketed, seed=7, epochs=2)
     assert len(history) == 2
     assert not [w for w in caught if "ran out of data" in str(w.message)]
