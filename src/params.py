@@ -80,6 +80,7 @@ class ModelParams:
     pooling: str = field(metadata=_rule(choices=("last", "max", "max_mean")))
     mask_padding: bool = field(metadata=_rule())
     embedding_dropout: float = field(default=0.0, metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
+    word_dropout: float = field(default=0.0, metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
 
 
 @dataclass(frozen=True)

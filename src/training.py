@@ -58,7 +58,9 @@ def check_split(name: str, x: np.ndarray, y: np.ndarray, num_words: int, maxlen:
 
 def _model_input_size(model) -> tuple[int, int]:
     """(num_words, maxlen) the model was built for."""
-    return model.layers[0].input_dim, model.input_shape[1]
+    from src.model import embedding_layer
+
+    return embedding_layer(model).input_dim, model.input_shape[1]
 
 
 def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):

@@ -23,7 +23,7 @@ def tiny_params_dict(real_params_dict) -> dict:
     raw = copy.deepcopy(real_params_dict)
     raw["preprocess"].update(num_words=60, maxlen=24, val_fraction=0.25)
     raw["model"].update(embedding_dim=8, units=8, layers=1, bidirectional=False, dropout=0.0,
-                        recurrent_dropout=0.0, pooling="last", mask_padding=True, embedding_dropout=0.0)
+                        recurrent_dropout=0.0, pooling="last", mask_padding=True, embedding_dropout=0.0, word_dropout=0.0)
     raw["train"].update(batch_size=16, epochs=2, early_stopping_patience=0, bucket_by_length=False)
     return raw
 

@@ -21,7 +21,7 @@ PROJECT_FILES = ("src", "pipeline", "dvc.yaml", "params.yaml", "requirements.txt
 TINY = {
     "preprocess": {"num_words": 60, "maxlen": 24},
     "model": {"embedding_dim": 8, "units": 8, "layers": 1, "bidirectional": False, "dropout": 0.0,
-              "recurrent_dropout": 0.0, "pooling": "last", "mask_padding": True, "embedding_dropout": 0.0},
+              "recurrent_dropout": 0.0, "pooling": "last", "mask_padding": True, "embedding_dropout": 0.0, "word_dropout": 0.0},
     "train": {"batch_size": 16, "epochs": 2, "early_stopping_patience": 0},
 }
 

@@ -113,6 +113,7 @@ def test_seed_one_and_pipeline_share_the_shape_and_epochs(real_params_dict):
         params_from_dict(params)  # a valid combination
     seed, ours = both["seed_one"], both["pipeline"]
     assert seed["model"]["recurrent_dropout"] == 0.2 and seed["model"]["mask_padding"] is False
+    assert seed["model"]["word_dropout"] == seed["model"]["embedding_dropout"] == 0.0  # not the defaults
     assert seed["train"]["batch_size"] == 32 and seed["train"]["optimizer"] == "adam"
     assert ours["model"]["recurrent_dropout"] == 0.0 and ours["model"]["mask_padding"] is True
     assert ours["train"]["batch_size"] > seed["train"]["batch_size"]

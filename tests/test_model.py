@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from src.model import OPTIMIZERS, build_model, compile_model, masked_max_pooling
+from src.model import OPTIMIZERS, build_model, compile_model, embedding_layer, masked_max_pooling, word_dropout
 from src.params import ModelParams
+from src.text import OOV
 
 NUM_WORDS, MAXLEN = 60, 24
 
@@ -114,6 +115,38 @@ def test_embedding_dropout_drops_whole_channels_in_training_only():
     assert (dropped == 0).any() and (dropped != 0).any()
     for review in dropped:  # a channel is zero at every step or at none
         assert ((review == 0).all(axis=0) | (review != 0).all(axis=0)).all()
+
+
+def test_word_dropout_hides_words_in_training_only():
+    model = build_model(model_params(word_dropout=0.25), NUM_WORDS, MAXLEN)
+    assert [type(layer).__name__ for layer in model.layers][:2] == ["WordDropout", "Embedding"]
+    assert embedding_layer(model) is model.layers[1] and embedding_layer(model).mask_zero
+    x = random_ids(400, seed=4)
+    hidden = np.asarray(model.layers[0](x, training=True))
+    assert np.array_equal(np.asarray(model.layers[0](x, training=False)), x)
+    changed = hidden != x
+    assert (hidden[changed] == OOV).all()  # a hidden word becomes out-of-vocabulary, never another word
+    assert (x[changed] > OOV).all()  # padding, the start marker and OOV itself stay
+    assert np.array_equal(hidden == 0, x == 0)  # so the mask is the same
+    share = changed.sum() / (x > OOV).sum()
+    assert 0.2 < share < 0.3, share
+    assert not np.array_equal(np.asarray(model.layers[0](x, training=True)), hidden)  # new words each call
+
+
+def test_word_dropout_zero_adds_no_layer():
+    model = build_model(model_params(word_dropout=0.0), NUM_WORDS, MAXLEN)
+    assert "WordDropout" not in [type(layer).__name__ for layer in model.layers]
+
+
+def test_word_dropout_layer_by_hand():
+    layer = word_dropout()(0.5, seed=1)
+    ids = np.array([[0, 0, 1, 2, 5, 6, 7, 8]], dtype="int32")
+    assert np.array_equal(np.asarray(word_dropout()(0.0)(ids, training=True)), ids)
+    masks = [np.asarray(layer(ids, training=True)) for _ in range(40)]
+    for hidden in masks:
+        assert np.array_equal(hidden[:, :4], ids[:, :4]) and set(np.unique(hidden[:, 4:])) <= {OOV, 5, 6, 7, 8}
+    assert any((hidden[:, 4:] == OOV).all() for hidden in masks) and any((hidden == ids).all() for hidden in masks)
+    assert layer.get_config()["rate"] == 0.5 and layer.get_config()["seed"] == 1
 
 
 def test_without_mask_padding_changes_the_prediction():

@@ -53,8 +53,8 @@ def synthetic_data(train_count: int = 160, val_count: int = 80):
 
 
 def tiny(params, **train_changes):
-    """The tiny params with dropout on (so seeding matters) and a learning rate for few epochs."""
-    model = dataclasses.replace(params.model, dropout=0.2, recurrent_dropout=0.1)
+    """The tiny params with dropouts on (so seeding matters) and a learning rate for few epochs."""
+    model = dataclasses.replace(params.model, dropout=0.2, recurrent_dropout=0.1, word_dropout=0.1)
     changes = {"learning_rate": 0.02, **train_changes}
     return model, dataclasses.replace(params.train, **changes)
 
@@ -230,8 +230,8 @@ def test_save_and_load_predict_identically(tiny_params, tmp_path):
 
 
 def test_save_and_load_bidirectional_stacked_max_pooling(tiny_params, tmp_path):
-    """The custom masked pooling layer loads in safe mode too."""
-    model_params = dataclasses.replace(tiny_params.model, layers=2, bidirectional=True, pooling="max")
+    """The custom layers (masked pooling, word dropout) load in safe mode too."""
+    model_params = dataclasses.replace(tiny_params.model, layers=2, bidirectional=True, pooling="max", word_dropout=0.2)
     model = build_model(model_params, NUM_WORDS, MAXLEN)
     (x, _), _ = synthetic_data(20, 2)
     save_model(model, tmp_path / "model.keras")
