@@ -64,8 +64,9 @@ def word_dropout() -> type:
 
     The model then cannot lean on any one word, such as a training movie's title or cast,
     which the test movies do not share. Padding and the start marker are kept, so the mask
-    is unchanged. On the development data (BiLSTM 32, maxlen 400): test accuracy 0.855 ->
-    0.877 at rate 0.2. Registered for load_model; built on first use.
+    is unchanged. On the development data (the default model), rate 0.2 against 0: test
+    accuracy 0.861 against 0.859 on average over three seeds, within their spread (README,
+    Measured). Registered for load_model; built on first use.
     """
     import keras
     from keras import ops
