@@ -142,10 +142,10 @@ def test_word_dropout_layer_by_hand():
     layer = word_dropout()(0.5, seed=1)
     ids = np.array([[0, 0, 1, 2, 5, 6, 7, 8]], dtype="int32")
     assert np.array_equal(np.asarray(word_dropout()(0.0)(ids, training=True)), ids)
-    masks = [np.asarray(layer(ids, training=True)) for _ in range(40)]
-    for hidden in masks:
+    draws = [np.asarray(layer(ids, training=True)) for _ in range(40)]
+    for hidden in draws:
         assert np.array_equal(hidden[:, :4], ids[:, :4]) and set(np.unique(hidden[:, 4:])) <= {OOV, 5, 6, 7, 8}
-    assert any((hidden[:, 4:] == OOV).all() for hidden in masks) and any((hidden == ids).all() for hidden in masks)
+    assert any((hidden[:, 4:] == OOV).all() for hidden in draws) and any((hidden == ids).all() for hidden in draws)
     assert layer.get_config()["rate"] == 0.5 and layer.get_config()["seed"] == 1
 
 
