@@ -20,6 +20,8 @@ import yaml
 from src.errors import ParamsError
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+# model.precision: Keras dtype policies. mixed_bfloat16 keeps the weights in float32 and computes in bfloat16.
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def _rule(*, choices=None, minimum=None, maximum=None, exclusive_minimum=None, exclusive_maximum=None, check=None):
@@ -81,6 +83,7 @@ class ModelParams:
     mask_padding: bool = field(metadata=_rule())
     embedding_dropout: float = field(default=0.0, metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
     word_dropout: float = field(default=0.0, metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
+    precision: str = field(default="float32", metadata=_rule(choices=PRECISIONS))
 
 
 @dataclass(frozen=True)

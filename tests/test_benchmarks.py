@@ -103,7 +103,7 @@ def test_lstm_flops_count_every_layer_direction_and_step():
 
 
 def test_seed_one_and_pipeline_share_the_shape_and_epochs(real_params_dict):
-    from benchmarks.compare import variants
+    from benchmarks.compare import pipeline_precision, variants
 
     both = variants(real_params_dict, epochs=2)
     for params in both.values():
@@ -115,16 +115,30 @@ def test_seed_one_and_pipeline_share_the_shape_and_epochs(real_params_dict):
     assert seed["model"]["recurrent_dropout"] == 0.2 and seed["model"]["mask_padding"] is False
     assert seed["model"]["word_dropout"] == seed["model"]["embedding_dropout"] == 0.0  # not the defaults
     assert seed["train"]["batch_size"] == 32 and seed["train"]["optimizer"] == "adam"
-    assert ours["model"]["recurrent_dropout"] == 0.0 and ours["model"]["mask_padding"] is True
+    assert seed["model"]["precision"] == "float32"
+    assert ours["model"]["recurrent_dropout"] == 0.0 and ours["model"]["mask_padding"] is False
+    assert ours["model"]["precision"] == pipeline_precision()
     assert ours["train"]["batch_size"] > seed["train"]["batch_size"]
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16", True),
+                                             ("fpu avx2 avx512f fma", False)])
+def test_bfloat16_units_are_read_from_the_cpu_flags(tmp_path, flags, expected):
+    from benchmarks.compare import bfloat16_units
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n", encoding="utf-8")
+    assert bfloat16_units(str(cpuinfo)) is expected
+    assert bfloat16_units(str(tmp_path / "missing")) is False
 
 
 def test_lstm_layer_alone_is_timed_per_batch_size():
     from benchmarks.ceiling import ceilings
 
-    rates = ceilings(embedding_dim=8, units=8, maxlen=6, batch_sizes=[4, 8], seconds=0.05)
-    assert list(rates) == ["4", "8"]
-    assert all(0 < rate < float("inf") for rate in rates.values())
+    for precision in ("float32", "mixed_bfloat16"):
+        rates = ceilings(embedding_dim=8, units=8, maxlen=6, batch_sizes=[4, 8], seconds=0.05, precision=precision)
+        assert list(rates) == ["4", "8"]
+        assert all(0 < rate < float("inf") for rate in rates.values())
 
 
 def test_seed_one_section_shows_the_ceiling_against_seed_one():

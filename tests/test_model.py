@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from src.model import OPTIMIZERS, build_model, compile_model, embedding_layer, masked_max_pooling, word_dropout
+from src.model import (OPTIMIZERS, build_model, compile_model, embedding_layer, fused_adam, make_optimizer,
+                       masked_max_pooling, word_dropout)
 from src.params import ModelParams
 from src.text import OOV
 
@@ -180,3 +181,77 @@ def test_compile_for_every_optimizer(name, tiny_params):
     loss, accuracy = model.train_on_batch(x, y)
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def numpy_adam(weight, gradients, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adam as its paper writes it (Kingma and Ba, Algorithm 1, with Keras' epsilon), one dense gradient a step."""
+    m, v = np.zeros_like(weight), np.zeros_like(weight)
+    for step, gradient in enumerate(gradients, start=1):
+        m = beta_1 * m + (1 - beta_1) * gradient
+        v = beta_2 * v + (1 - beta_2) * gradient**2
+        alpha = learning_rate * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+        weight = weight - alpha * m / (np.sqrt(v) + epsilon)
+    return weight
+
+
+def test_train_optimizer_adam_is_the_fused_adam():
+    assert isinstance(make_optimizer("adam", 0.01), fused_adam())
+    assert isinstance(make_optimizer("adam", 0.01), keras.optimizers.Adam)  # its config and defaults are Adam's
+
+
+def test_fused_adam_follows_the_paper_with_a_word_used_twice_in_a_batch():
+    # An embedding's gradient is sparse: one slice per use of a word. Row 1 is used twice per
+    # step; its gradient is the sum of both slices, and Adam squares that sum.
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(4, 3)).astype("float32")
+    steps = [rng.normal(size=(3, 3)).astype("float32") for _ in range(3)]
+    rows = np.array([1, 1, 3])
+    dense = []
+    for values in steps:
+        gradient = np.zeros_like(start)
+        np.add.at(gradient, rows, values)
+        dense.append(gradient)
+
+    import tensorflow as tf
+
+    weight = keras.Variable(start)
+    optimizer = fused_adam()(learning_rate=0.1)
+    for values in steps:
+        optimizer.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(rows), tf.constant(start.shape)),
+                                    weight)])
+    np.testing.assert_allclose(np.asarray(weight), numpy_adam(start, dense, 0.1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(weight)[[0, 2]], start[[0, 2]])  # unused words do not move
+
+
+def test_fused_adam_matches_keras_adam_on_dense_gradients():
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(5, 4)).astype("float32")
+    steps = [rng.normal(size=start.shape).astype("float32") for _ in range(4)]
+    weights = {}
+    for name, optimizer in (("fused", fused_adam()(learning_rate=0.05)), ("keras", keras.optimizers.Adam(0.05))):
+        weight = keras.Variable(start)
+        for gradient in steps:
+            optimizer.apply_gradients([(gradient, weight)])
+        weights[name] = np.asarray(weight)
+    np.testing.assert_allclose(weights["fused"], weights["keras"], rtol=1e-5, atol=1e-5)  # float32 rounding
+    np.testing.assert_allclose(weights["fused"], numpy_adam(start, steps, 0.05), rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_and_outputs_float32(tiny_params):
+    model = build_model(model_params(precision="mixed_bfloat16", bidirectional=True, pooling="max_mean"),
+                        NUM_WORDS, MAXLEN)
+    embedding, recurrent, pooling, output = model.layers
+    for layer in (embedding, recurrent):
+        assert layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32"
+    assert pooling.compute_dtype == output.compute_dtype == "float32"
+    assert all(weight.dtype == "float32" for weight in model.weights)
+
+    compile_model(model, tiny_params.train)
+    x, y = random_ids(16), np.array([0, 1] * 8, dtype="float32")
+    loss, _ = model.train_on_batch(x, y)
+    probabilities = model.predict(x, verbose=0)
+    assert np.isfinite(loss) and probabilities.dtype == np.float32
+    # The same weights in float32 give nearly the same probabilities: bfloat16 keeps 8 bits of mantissa.
+    exact = build_model(model_params(bidirectional=True, pooling="max_mean"), NUM_WORDS, MAXLEN)
+    exact.set_weights(model.get_weights())
+    np.testing.assert_allclose(probabilities, exact.predict(x, verbose=0), atol=0.02)

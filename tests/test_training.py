@@ -229,14 +229,17 @@ def test_save_and_load_predict_identically(tiny_params, tmp_path):
         save_model(model, tmp_path / "model.h5")
 
 
-def test_save_and_load_bidirectional_stacked_max_pooling(tiny_params, tmp_path):
-    """The custom layers (masked pooling, word dropout) load in safe mode too."""
-    model_params = dataclasses.replace(tiny_params.model, layers=2, bidirectional=True, pooling="max", word_dropout=0.2)
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_save_and_load_bidirectional_stacked_max_pooling(tiny_params, tmp_path, precision):
+    """The custom layers (masked pooling, word dropout) load in safe mode too, in either precision."""
+    model_params = dataclasses.replace(tiny_params.model, layers=2, bidirectional=True, pooling="max", word_dropout=0.2,
+                                       precision=precision)
     model = build_model(model_params, NUM_WORDS, MAXLEN)
     (x, _), _ = synthetic_data(20, 2)
     save_model(model, tmp_path / "model.keras")
     loaded = load_model(tmp_path / "model.keras")
     assert [type(layer).__name__ for layer in loaded.layers] == [type(layer).__name__ for layer in model.layers]
+    assert [layer.dtype_policy.name for layer in loaded.layers] == [layer.dtype_policy.name for layer in model.layers]
     np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
 
 
