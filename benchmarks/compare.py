@@ -80,11 +80,12 @@ def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int, ceiling_se
     """Train both variants; their throughput, test accuracy, the pipeline's speed-up and its ceiling.
 
     The ceiling is the LSTM layer alone at the shape (benchmarks/ceiling.py), at the pipeline's
-    batch and at twice it. params.yaml is restored.
+    batch and at twice it, in the pipeline's precision. params.yaml is restored.
     """
     results = {}
+    both = variants(base, epochs)
     try:
-        for name, params in variants(base, epochs).items():
+        for name, params in both.items():
             log.info("seed-one comparison: %s (%d epochs)", name, epochs)
             write_params(root, params)
             stages = run_stages(root, logs / f"compare-{name}")
@@ -103,10 +104,11 @@ def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int, ceiling_se
     seed_rate = results["seed_one"]["reviews_per_second"]
     results["speedup"] = results["pipeline"]["reviews_per_second"] / seed_rate
     results["epochs_trained"] = epochs
-    batch = PIPELINE_FOR_SHAPE["train"]["batch_size"]
+    ours = both["pipeline"]
+    batch = ours["train"]["batch_size"]
     log.info("seed-one comparison: timing the LSTM layer alone at batch %d and %d", batch, 2 * batch)
     alone = ceilings(SHAPE["model"]["embedding_dim"], SHAPE["model"]["units"], SHAPE["preprocess"]["maxlen"],
-                     [batch, 2 * batch], ceiling_seconds, pipeline_precision())
+                     [batch, 2 * batch], ceiling_seconds, ours["model"]["precision"])
     results["lstm_alone"] = {"reviews_per_second": alone,
                              "speedup_ceiling": {size: rate / seed_rate for size, rate in alone.items()}}
     return results
