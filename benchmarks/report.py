@@ -61,7 +61,8 @@ def _paragraph(*parts: str) -> list[str]:
 
 def to_markdown(report: dict) -> str:
     """A readable summary of ``report``: headline figures first, then one section per topic."""
-    sections = [_summary, _stages, _training, _compute, _accuracy, _overheads, _seed_one, _machine, _params]
+    sections = [_summary, _stages, _training, _compute, _accuracy, _learning_curve, _overheads, _seed_one,
+                _machine, _params]
     return "\n".join(line for section in sections for line in section(report))
 
 
@@ -126,6 +127,21 @@ def _accuracy(report: dict) -> list[str]:
     lstm, baseline = report["accuracy"]["lstm"], report["accuracy"]["baseline"]
     return ["## Accuracy (test split)", ""] + _table(["metric", "LSTM", "baseline (TF-IDF + logistic regression)"], [
         [key, f"{lstm[key]:.4f}", f"{baseline[key]:.4f}" if key in baseline else ""] for key in METRICS])
+
+
+def _learning_curve(report: dict) -> list[str]:
+    points = report.get("learning_curve")
+    if not points:
+        return []
+    lines = ["## Learning curve: test accuracy against training reviews", ""] + _paragraph(
+        "Each row trains on that many of the training reviews (`preprocess.train_reviews`; each row's reviews ",
+        "are among the next row's), with the same validation and test reviews and params; the last row is the run above.")
+    return lines + _table(["training reviews", "LSTM", "baseline", "LSTM - baseline", "LSTM epochs (lowest val_loss at)",
+                           "train stage s"], [
+        [f"{point['train_reviews']:,}", f"{point['lstm_accuracy']:.4f}", f"{point['baseline_accuracy']:.4f}",
+         f"{point['lstm_accuracy'] - point['baseline_accuracy']:+.4f}",
+         f"{point['epochs_run']} ({point['lowest_val_loss_epoch']})", f"{point['train_stage_seconds']:.1f}"]
+        for point in points])
 
 
 def _overheads(report: dict) -> list[str]:

@@ -2,12 +2,14 @@
 
     python -m benchmarks.run [--archive PATH] [--sha256 HEX] [--out benchmarks/results]
                              [--set section.key=value ...] [--compare-seed-one [--compare-epochs 6]]
+                             [--learning-curve 2000,4000,8000]
 
 Runs every stage with `dvc repro --single-item` in a throw-away copy of this repository
 (params.yaml as it is now, data.url pointing at the archive, MLflow in the copy's mlflow.db),
 then measures: throughput per epoch, FLOP/s against this machine's measured matmul peak,
 accuracy against the baseline, each stage's time and memory, and the overheads of DVC and
-MLflow. See README.md ("Benchmarks") for what each figure means.
+MLflow; optionally seed one's configuration against the pipeline's, and test accuracy
+against the number of training reviews (the LSTM's and the baseline's). See README.md ("Benchmarks") for what each figure means.
 """
 
 import argparse
@@ -50,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also train seed one's configuration and the pipeline's for the same shape")
     parser.add_argument("--compare-epochs", type=int, default=6,
                         help="most epochs of each comparison run, early stopping after 2 without progress (default 6)")
+    parser.add_argument("--learning-curve", metavar="N,N,...",
+                        help="also train on only N of the training reviews, for each N (e.g. 2000,4000,8000): "
+                             "the LSTM's and the baseline's test accuracy against N")
     parser.add_argument("--peak-seconds", type=float, default=1.0,
                         help="seconds per timing of the matmul peak (best of 3 per shape; default 1)")
     parser.add_argument("--noop-runs", type=int, default=3, help="times `dvc repro` is timed with nothing changed")
@@ -58,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.compare_epochs < 1 or args.noop_runs < 1 or args.peak_seconds <= 0:
         parser.error("--compare-epochs and --noop-runs must be >= 1, --peak-seconds > 0")
+    if args.learning_curve is not None:
+        from benchmarks.learning_curve import parse_sizes
+
+        try:
+            args.learning_curve = parse_sizes(args.learning_curve)
+        except BenchmarkError as error:
+            parser.error(str(error))
     return args
 
 
@@ -126,6 +138,13 @@ def measure(root: Path, logs: Path, params: dict, args: argparse.Namespace) -> d
     }
     figures = {"stages": stages, "pipeline_seconds": pipeline_seconds, "outputs": project.read_outputs(root),
                "overheads": overheads}
+    if args.learning_curve:
+        from benchmarks.learning_curve import curve_point, learning_curve
+
+        outputs = figures["outputs"]
+        figures["learning_curve"] = [
+            *learning_curve(root, logs, params, args.learning_curve, outputs["preprocess"]["train"]["reviews"]),
+            curve_point(outputs, stages["train"]["seconds"])]
     if args.compare_seed_one:
         from benchmarks.compare import compare_seed_one
 

@@ -238,7 +238,7 @@ def ranks_to_texts(reviews: list[list[int]], word_index: dict[str, int]) -> list
 def load_texts(folder: str | Path) -> Corpus:
     """Review texts of either source (Keras' ranks decoded to words), in read_source's order.
 
-    ``split_train_val(corpus.train_labels, val_fraction, seed)`` then gives preprocessing's split.
+    ``split_train_val(corpus.train_labels, val_fraction, seed, train_reviews)`` then gives preprocessing's split.
     """
     corpus = read_source(folder)
     if isinstance(corpus, Corpus):
@@ -249,11 +249,13 @@ def load_texts(folder: str | Path) -> Corpus:
     )
 
 
-def split_train_val(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(labels: np.ndarray, val_fraction: float, seed: int,
+                    train_reviews: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) of a stratified split, both shuffled, the same for the same seed.
 
     Each class gives round(val_fraction * its size) reviews to validation, but at least one
-    and never all of them.
+    and never all of them. ``train_reviews`` > 0 keeps only that many of the rest, each label
+    in its share (preprocess.train_reviews); the validation reviews do not change.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -267,4 +269,20 @@ def split_train_val(labels: np.ndarray, val_fraction: float, seed: int) -> tuple
         shuffled = rng.permutation(members)
         val.append(shuffled[:count])
         train.append(shuffled[count:])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))
+    train, val = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))
+    return (_stratified_head(train, labels, train_reviews) if train_reviews else train), val
+
+
+def _stratified_head(train: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` of the shuffled ``train`` indices, each label in its share (at least one each).
+
+    Taking the first of each label keeps the order, and makes a smaller count's reviews a
+    subset of a larger one's: the points of a learning curve are nested.
+    """
+    if count > len(train):
+        raise DataError(f"preprocess.train_reviews is {count}, but the validation split leaves {len(train)} "
+                        f"training reviews; lower it, or set 0 for all of them")
+    positive = labels[train] == 1
+    keep_positive = min(max(round(count * positive.mean()), 1), count - 1)
+    rank = np.where(positive, np.cumsum(positive), np.cumsum(~positive)) - 1  # place among its label's reviews
+    return train[rank < np.where(positive, keep_positive, count - keep_positive)]

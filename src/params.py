@@ -50,6 +50,10 @@ def _check_sha256(value: str) -> str | None:
     return "must be empty or 64 lower-case hex digits (the output of `sha256sum FILE`)"
 
 
+def _check_train_reviews(value: int) -> str | None:
+    return "must be 0 (every training review) or at least 2 (one of each label)" if value == 1 else None
+
+
 def _check_experiment(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
@@ -69,6 +73,7 @@ class PreprocessParams:
     truncating: str = field(metadata=_rule(choices=("pre", "post")))
     val_fraction: float = field(metadata=_rule(exclusive_minimum=0.0, exclusive_maximum=1.0))
     seed: int = field(metadata=_rule(minimum=0, maximum=2**32 - 1))
+    train_reviews: int = field(default=0, metadata=_rule(minimum=0, maximum=10_000_000, check=_check_train_reviews))
 
 
 @dataclass(frozen=True)

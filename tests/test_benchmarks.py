@@ -24,7 +24,7 @@ def results(tmp_path_factory) -> tuple[dict, str, Path]:
     archive = write_aclimdb_tarball(base / "aclImdb_tiny.tar.gz", train=160, test=80)
     out = base / "results"
     command = [sys.executable, "-m", "benchmarks.run", "--archive", str(archive), "--out", str(out),
-               "--peak-seconds", "0.05", "--noop-runs", "1", *[arg for item in TINY for arg in ("--set", item)]]
+               "--peak-seconds", "0.05", "--noop-runs", "1", "--learning-curve", "30,60", *[arg for item in TINY for arg in ("--set", item)]]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "report.json").read_text()), (out / "report.md").read_text(), out
@@ -92,6 +92,51 @@ def test_markdown_summary_has_a_table_per_topic(results):
         assert heading in markdown
     assert "| train |" in markdown
     assert (out / "logs" / "train.log").is_file()
+
+
+@pytest.mark.slow
+def test_learning_curve_trains_on_nested_subsets_and_ends_with_the_full_run(results):
+    report, markdown, out = results
+    points = report["learning_curve"]
+    assert [point["train_reviews"] for point in points] == [30, 60, report["dataset"]["train"]]
+    full = points[-1]
+    assert full["lstm_accuracy"] == report["accuracy"]["lstm"]["accuracy"]
+    assert full["baseline_accuracy"] == report["accuracy"]["baseline"]["accuracy"]
+    for point in points:
+        assert 0 <= point["lstm_accuracy"] <= 1 and 0 <= point["baseline_accuracy"] <= 1
+        assert 1 <= point["lowest_val_loss_epoch"] <= point["epochs_run"] == 2 and point["train_stage_seconds"] > 0
+    for size in (30, 60):  # each point's stages ran, on that many reviews
+        assert f"train: x ({size}, 24) int32" in (out / "logs" / f"curve-{size}" / "preprocess.log").read_text()
+        assert f"({size} training reviews" in (out / "logs" / f"curve-{size}" / "baseline.log").read_text()
+    assert "## Learning curve" in markdown and "| 30 |" in markdown
+    # The project copy's params.yaml was restored: the report's params are the benchmark's own.
+    assert report["params"]["preprocess"]["train_reviews"] == 0
+
+
+@pytest.mark.parametrize("text,expected", [("8000,2000,4000", [2000, 4000, 8000]), ("500", [500]),
+                                           ("100, 100,", [100])])
+def test_learning_curve_sizes_are_parsed(text, expected):
+    from benchmarks.learning_curve import parse_sizes
+
+    assert parse_sizes(text) == expected
+
+
+@pytest.mark.parametrize("argument", ["", "1,100", "a,b", "2000;4000"])
+def test_bad_learning_curve_sizes_are_refused_before_anything_runs(argument, tmp_path):
+    archive = write_aclimdb_tarball(tmp_path / "tiny.tar.gz", train=20, test=10)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--archive", str(archive), "--out",
+                           str(tmp_path / "out"), "--learning-curve", argument],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--learning-curve" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_learning_curve_refuses_sizes_the_split_cannot_give(tmp_path):
+    from benchmarks.learning_curve import learning_curve
+    from benchmarks.project import BenchmarkError
+
+    with pytest.raises(BenchmarkError, match="the split leaves 120 training reviews"):
+        learning_curve(tmp_path, tmp_path / "logs", {}, [60, 120, 500], all_reviews=120)
 
 
 def test_lstm_flops_count_every_layer_direction_and_step():

@@ -136,6 +136,27 @@ def test_split_is_stratified_and_deterministic():
     assert not np.array_equal(split_train_val(labels, 0.2, 1)[1], split_train_val(labels, 0.2, 2)[1])
 
 
+def test_train_reviews_keeps_a_stratified_nested_subset_and_the_same_validation():
+    labels = np.array([1] * 70 + [0] * 130)
+    full_train, full_val = split_train_val(labels, 0.2, 7)
+    previous = set()
+    for count in (2, 3, 10, 50, 100, len(full_train)):
+        train, val = split_train_val(labels, 0.2, 7, count)
+        assert np.array_equal(val, full_val)  # the validation reviews never change
+        assert len(train) == count and len(set(train.tolist())) == count
+        positives = int(labels[train].sum())
+        assert 1 <= positives <= count - 1 and abs(positives - count * 56 / 160) <= 1, (count, positives)
+        # In the full split's order, and each smaller subset inside the larger: nested learning-curve points.
+        assert np.array_equal(train, full_train[np.isin(full_train, train)])
+        assert previous <= set(train.tolist())
+        previous = set(train.tolist())
+
+
+def test_train_reviews_beyond_the_split_is_a_data_error():
+    with pytest.raises(DataError, match=r"preprocess.train_reviews is 161, but the validation split leaves 160"):
+        split_train_val(np.array([1, 0] * 100), 0.2, 0, 161)
+
+
 def test_split_refuses_too_few_reviews():
     with pytest.raises(DataError, match="positive"):
         split_train_val(np.array([0, 0, 0, 1]), 0.5, 0)
@@ -403,6 +424,8 @@ def test_stage_writes_all_outputs(aclimdb_raw, tmp_path, tiny_params_dict):
     ("preprocess", "maxlen", -1, "preprocess.maxlen"),
     ("preprocess", "max_len", 80, "preprocess.max_len: unknown key"),
     ("preprocess", "padding", "middle", "preprocess.padding"),
+    ("preprocess", "train_reviews", 1, "preprocess.train_reviews: must be 0 (every training review) or at least 2"),
+    ("preprocess", "train_reviews", -5, "preprocess.train_reviews"),
 ])
 def test_stage_rejects_bad_params_at_once(aclimdb_raw, tmp_path, tiny_params_dict, section, key, value, message):
     tiny_params_dict[section][key] = value
@@ -411,6 +434,35 @@ def test_stage_rejects_bad_params_at_once(aclimdb_raw, tmp_path, tiny_params_dic
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
     assert seconds < 5
+    assert not (tmp_path / "processed").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_stage_trains_on_train_reviews_only(aclimdb_raw, tmp_path, tiny_params_dict):
+    tiny_params_dict["preprocess"]["train_reviews"] = 12
+    done, _ = run_stage(tmp_path, tiny_params_dict, aclimdb_raw)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "metrics" / "preprocess.json").read_text())
+    assert (metrics["train"]["reviews"], metrics["val"]["reviews"], metrics["test"]["reviews"]) == (12, 10, 20)
+    assert metrics["train"]["positive_share"] == 0.5
+
+
+def test_baseline_stage_fits_on_the_same_train_reviews(aclimdb_raw, tmp_path, tiny_params_dict):
+    tiny_params_dict["preprocess"]["train_reviews"] = 12
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(tiny_params_dict), encoding="utf-8")
+    metrics_path = tmp_path / "metrics" / "baseline.json"
+    done = subprocess.run([sys.executable, "-m", "pipeline.baseline", "--params", str(params_path), "--raw",
+                           str(aclimdb_raw), "--metrics", str(metrics_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(metrics_path.read_text())["train_reviews"] == 12
+
+
+def test_stage_refuses_more_train_reviews_than_the_split_leaves(aclimdb_raw, tmp_path, tiny_params_dict):
+    tiny_params_dict["preprocess"]["train_reviews"] = 31
+    done, _ = run_stage(tmp_path, tiny_params_dict, aclimdb_raw)
+    assert done.returncode == 2
+    assert "preprocess.train_reviews is 31, but the validation split leaves 30" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "processed").exists() and not (tmp_path / "metrics").exists()
 
 
