@@ -27,9 +27,14 @@ TINY = {
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for commands in a tiny project: local MLflow store, a git identity."""
+    """The environment for commands in a tiny project: local MLflow store, a git identity, this Python first on PATH.
+
+    dvc.yaml's commands say `python`: that must be the Python running the tests (a virtualenv's,
+    even when it was not activated).
+    """
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
                PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="2")
