@@ -5,13 +5,12 @@ epoch's weights are kept), in the benchmark's project copy, each through `dvc re
 preprocessing runs once for both: they share its params).
 """
 
-import copy
 import logging
 import statistics
 from pathlib import Path
 
 from benchmarks.ceiling import ceilings
-from benchmarks.project import read_outputs, run_stages, write_params
+from benchmarks.project import changed_params, read_outputs, run_stages, write_params
 
 log = logging.getLogger("imdb_lstm.benchmarks")
 
@@ -55,14 +54,6 @@ def pipeline_precision() -> str:
     return "mixed_bfloat16" if bfloat16_units() else "float32"
 
 
-def _merge(base: dict, *changes: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for change in changes:
-        for section, values in change.items():
-            merged[section].update(values)
-    return merged
-
-
 def steady_reviews_per_second(history: list[dict]) -> float:
     """Median reviews/s over the epochs after the first (which also traces the graph); the first if alone."""
     epochs = history[1:] or history
@@ -72,8 +63,8 @@ def steady_reviews_per_second(history: list[dict]) -> float:
 def variants(base: dict, epochs: int) -> dict[str, dict]:
     """params for "seed_one" and "pipeline": the same shape, epochs and early stopping; the rest seed one's or the pipeline's."""
     same = {"train": {"epochs": epochs, "early_stopping_patience": EARLY_STOPPING_PATIENCE}}
-    ours = _merge(base, SHAPE, PIPELINE_FOR_SHAPE, {"model": {"precision": pipeline_precision()}}, same)
-    return {"seed_one": _merge(base, SHAPE, SEED_ONE, same), "pipeline": ours}
+    ours = changed_params(base, SHAPE, PIPELINE_FOR_SHAPE, {"model": {"precision": pipeline_precision()}}, same)
+    return {"seed_one": changed_params(base, SHAPE, SEED_ONE, same), "pipeline": ours}
 
 
 def compare_seed_one(root: Path, logs: Path, base: dict, epochs: int, ceiling_seconds: float = 3.0) -> dict:

@@ -6,11 +6,10 @@ smaller point's training reviews are among a larger one's. The benchmark's own r
 training review) is the last point.
 """
 
-import copy
 import logging
 from pathlib import Path
 
-from benchmarks.project import STAGES, BenchmarkError, read_outputs, run_stages, write_params
+from benchmarks.project import STAGES, BenchmarkError, changed_params, read_outputs, run_stages, write_params
 
 log = logging.getLogger("imdb_lstm.benchmarks")
 
@@ -49,9 +48,7 @@ def learning_curve(root: Path, logs: Path, base: dict, sizes: list[int], all_rev
     try:
         for size in sizes:
             log.info("learning curve: %d training reviews", size)
-            params = copy.deepcopy(base)
-            params["preprocess"]["train_reviews"] = size
-            write_params(root, params)
+            write_params(root, changed_params(base, {"preprocess": {"train_reviews": size}}))
             stages = run_stages(root, logs / f"curve-{size}", STAGES[1:])
             points.append(curve_point(read_outputs(root), stages["train"]["seconds"]))
     finally:

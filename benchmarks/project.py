@@ -1,5 +1,6 @@
 """A throw-away copy of the project (git + DVC) and the timed, memory-measured commands run in it."""
 
+import copy
 import csv
 import json
 import logging
@@ -65,6 +66,15 @@ def dvc(root: Path, log_path: Path, *args: str, **kwargs) -> dict:
     return measured([sys.executable, "-m", "dvc", *args], root, log_path, **kwargs)
 
 
+def changed_params(base: dict, *changes: dict) -> dict:
+    """A copy of the params dict ``base`` with each change ({section: {key: value}}) applied in turn."""
+    changed = copy.deepcopy(base)
+    for change in changes:
+        for section, values in change.items():
+            changed[section].update(values)
+    return changed
+
+
 def write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
@@ -115,8 +125,7 @@ def noop_repro(root: Path, logs: Path, runs: int, limit: float) -> dict:
 def training_change(root: Path, logs: Path, params: dict) -> dict:
     """Change only train.epochs and ask `dvc repro --dry` what would run; params.yaml is restored."""
     original = (root / "params.yaml").read_text(encoding="utf-8")
-    changed = json.loads(json.dumps(params))
-    changed["train"]["epochs"] += 1
+    changed = changed_params(params, {"train": {"epochs": params["train"]["epochs"] + 1}})
     write_params(root, changed)
     try:
         dry = dvc(root, logs / "repro-dry.log", "repro", "--dry")["output"]
