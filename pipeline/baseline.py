@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     corpus = load_texts(args.raw)
     train_idx, _ = split_train_val(corpus.train_labels, params.preprocess.val_fraction, params.preprocess.seed,
-                                  params.preprocess.train_reviews)
+                                  params.preprocess.train_reviews, corpus.train_movies)
     metrics = fit_and_score([corpus.train_texts[i] for i in train_idx], corpus.train_labels[train_idx],
                             corpus.test_texts, corpus.test_labels, params.evaluate.threshold)
     metrics["train_reviews"] = len(train_idx)

@@ -19,7 +19,7 @@ import yaml
 
 from src.cli import run_stage
 from src.errors import ParamsError
-from src.params import ModelParams, TrainParams, params_from_dict
+from src.params import ModelParams, PretrainParams, TrainParams, params_from_dict
 
 log = logging.getLogger("imdb_lstm.experiment")
 
@@ -29,6 +29,7 @@ KEEP = "params.yaml"  # an option's default: keep the value params.yaml has
 OVERRIDES = {
     **{field.name: f"model.{field.name}" for field in dataclasses.fields(ModelParams)},
     **{field.name: f"train.{field.name}" for field in dataclasses.fields(TrainParams)},
+    **{f"pretrain_{field.name}": f"pretrain.{field.name}" for field in dataclasses.fields(PretrainParams)},
     "num_words": "preprocess.num_words",
     "maxlen": "preprocess.maxlen",
     "url": "data.url",

@@ -1,7 +1,7 @@
 """Train stage: fit the LSTM on the preprocessed arrays, tracked as one MLflow run.
 
-    python -m pipeline.train [--params params.yaml] [--data data/processed] [--model models/model.keras]
-                             [--run-info models/run.json] [--history plots/history.csv]
+    python -m pipeline.train [--params params.yaml] [--data data/processed] [--pretrained data/pretrained]
+                             [--model models/model.keras] [--run-info models/run.json] [--history plots/history.csv]
 
 The run holds every param (``train.epochs``), per-epoch metrics, the model (mlflow.keras
 flavor), the vocabulary and params.yaml; models/run.json names it for the evaluate stage.
@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file")
     parser.add_argument("--data", default="data/processed", help="the preprocess stage's output folder")
+    parser.add_argument("--pretrained", default="data/pretrained", help="the pretrain stage's output folder")
     parser.add_argument("--model", default="models/model.keras", help="where to save the Keras model")
     parser.add_argument("--run-info", default="models/run.json", help="where to record the MLflow run's id")
     parser.add_argument("--history", default="plots/history.csv", help="per-epoch metrics, for dvc plots")
@@ -44,14 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     from src.fileio import load_npz
     from src.text import read_vocab_json
 
+    from src.pretrain import load_word_vectors
+
     data = Path(args.data)
     encoder = read_vocab_json(data / "vocab.json")
     splits = {name: load_npz(data / f"{name}.npz") for name in ("train", "val")}
+    word_vectors = load_word_vectors(args.pretrained, encoder.vocabulary.num_words, params.model.embedding_dim)
+    if word_vectors is None:
+        log.info("the embedding starts random (pretrain.method: none)")
+    else:
+        log.info("the embedding starts from %d pretrained word vectors (%s)", word_vectors.known.sum(),
+                 "frozen" if params.model.freeze_embedding else "fine-tuned")
 
     strategy = distribution.start(params, task, splits)  # before any other TensorFlow use; waits for every worker
 
     if not chief:
-        model, _ = fit(params, encoder, splits, strategy, on_epoch=lambda record: log_epoch(f"{task.name}: ", record))
+        model, _ = fit(params, encoder, splits, word_vectors, strategy,
+                       on_epoch=lambda record: log_epoch(f"{task.name}: ", record))
         log.info("%s done: final weights %s; the chief saves the model", task.name,
                  distribution.weights_digest(model.get_weights()))
         return
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             log_epoch(f"{task.name} (chief): " if task else "", record)
             mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"}, step=record["epoch"])
 
-        model, history = fit(params, encoder, splits, strategy, on_epoch)
+        model, history = fit(params, encoder, splits, word_vectors, strategy, on_epoch)
         log.info("final weights %s", distribution.weights_digest(model.get_weights()))
         save_model(model, args.model)
         write_csv(args.history, history)
@@ -82,10 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     log.info("saved %s; MLflow run %s", args.model, run.info.run_id)
 
 
-def fit(params, encoder, splits, strategy, on_epoch):
+def fit(params, encoder, splits, word_vectors, strategy, on_epoch):
     from src.training import new_model, train
 
-    model = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen, strategy)
+    model = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen, strategy, word_vectors)
     history = train(model, (splits["train"]["x"], splits["train"]["y"]), (splits["val"]["x"], splits["val"]["y"]),
                     params.train, on_epoch=on_epoch, strategy=strategy)
     return model, history

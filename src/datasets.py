@@ -1,16 +1,18 @@
 """Readers for what the download stage leaves in data/raw, and the train/validation split.
 
 data/raw holds source.json ({"source": "aclimdb" | "keras", ...}) and either Keras' imdb.npz +
-imdb_word_index.json or Stanford's labelled reviews as aclImdb/train.jsonl and aclImdb/test.jsonl,
-one review per line: {"id": int, "rating": int, "label": 1 (pos) | 0 (neg), "text": str},
-negative reviews first, then positive, each in file-name order. (The download stage writes
-one file per split, not Stanford's one file per review, because tens of thousands of tiny
-files are slow to create and slow for DVC to hash and cache.)
+imdb_word_index.json or Stanford's reviews as aclImdb/train.jsonl, test.jsonl and unsup.jsonl,
+one review per line: {"id": int, "rating": int, "label": 1 (pos) | 0 (neg) | null (unsup),
+"movie": IMDB title id | null, "text": str}, negative reviews first, then positive, each in
+file-name order. (The download stage writes one file per split, not Stanford's one file per
+review, because tens of thousands of tiny files are slow to create and slow for DVC to hash
+and cache.)
 """
 
 import io
 import itertools
 import json
+import logging
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -20,9 +22,11 @@ import numpy as np
 
 from src.errors import DataError
 
+log = logging.getLogger("imdb_lstm.datasets")
+
 SOURCES = ("aclimdb", "keras")
 _CLASSES = ((0, "negative"), (1, "positive"))
-_RECORD_KEYS = ("id", "rating", "label", "text")  # of each line of aclImdb/{train,test}.jsonl
+_RECORD_KEYS = ("id", "rating", "label", "movie", "text")  # of each line of aclImdb/{train,test,unsup}.jsonl
 _RECORD_KEY_SET = frozenset(_RECORD_KEYS)
 _KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # All that unpickling a numpy object array of Python lists of ints needs (numpy >= 2 spells
@@ -44,6 +48,7 @@ class Corpus:
     train_labels: np.ndarray  # int8
     test_texts: list[str]
     test_labels: np.ndarray  # int8
+    train_movies: tuple[str | None, ...] = ()  # each training review's movie (None: unknown); () for Keras' data
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ def _bad_line(path: Path, number: int, problem: str) -> DataError:
     return DataError(f"{path}: line {number}: {problem}; the aclImdb download is damaged, run the download stage again")
 
 
-def _read_jsonl_split(path: Path) -> tuple[list[str], np.ndarray]:
-    """The texts and labels of one split's .jsonl, in line order, every record checked."""
-    texts, labels = [], []
+def _read_jsonl(path: Path, labelled: bool = True) -> tuple[list[str], list, list]:
+    """The texts, labels and movies of one .jsonl, in line order, every record checked."""
+    texts, labels, movies = [], [], []
     try:
         with open(path, "rb") as file:
             for number, line in enumerate(file, start=1):
@@ -75,30 +80,49 @@ def _read_jsonl_split(path: Path) -> tuple[list[str], np.ndarray]:
                     raise _bad_line(path, number, f"expected a JSON object with keys {', '.join(_RECORD_KEYS)}")
                 if type(record["id"]) is not int or type(record["rating"]) is not int:
                     raise _bad_line(path, number, "id and rating must be integers")
-                if type(record["label"]) is not int or record["label"] not in (0, 1):
+                if labelled and (type(record["label"]) is not int or record["label"] not in (0, 1)):
                     raise _bad_line(path, number, "label must be 0 (negative) or 1 (positive)")
+                if not labelled and record["label"] is not None:
+                    raise _bad_line(path, number, "label must be null (an unlabelled review)")
+                if record["movie"] is not None and (type(record["movie"]) is not str or not record["movie"]):
+                    raise _bad_line(path, number, "movie must be a non-empty string or null")
                 if type(record["text"]) is not str:
                     raise _bad_line(path, number, "text must be a string")
                 texts.append(record["text"])
                 labels.append(record["label"])
+                movies.append(record["movie"])
     except FileNotFoundError:
         raise DataError(f"{path}: not found; the aclImdb download is incomplete, run the download stage again") from None
+    return texts, labels, movies
+
+
+def _read_jsonl_split(path: Path) -> tuple[list[str], np.ndarray, list]:
+    """The texts, labels and movies of one labelled split's .jsonl; both labels must be there."""
+    texts, labels, movies = _read_jsonl(path)
     labels = np.array(labels, dtype=np.int8)
     for label, name in _CLASSES:
         if not np.any(labels == label):
             raise DataError(f"{path}: no {name} reviews; the aclImdb download is incomplete, "
                             "run the download stage again")
-    return texts, labels
+    return texts, labels, movies
 
 
 def read_aclimdb(folder: str | Path) -> Corpus:
-    """The reviews in ``folder``/aclImdb/{train,test}.jsonl, in line order (negative, then positive)."""
+    """The labelled reviews in ``folder``/aclImdb/{train,test}.jsonl, in line order (negative, then positive)."""
     root = Path(folder) / "aclImdb"
     if not root.is_dir():
         raise DataError(f"{root}: not found; run the download stage with data.source: aclimdb")
-    train_texts, train_labels = _read_jsonl_split(root / "train.jsonl")
-    test_texts, test_labels = _read_jsonl_split(root / "test.jsonl")
-    return Corpus(train_texts, train_labels, test_texts, test_labels)
+    train_texts, train_labels, train_movies = _read_jsonl_split(root / "train.jsonl")
+    test_texts, test_labels, _ = _read_jsonl_split(root / "test.jsonl")
+    return Corpus(train_texts, train_labels, test_texts, test_labels, tuple(train_movies))
+
+
+def read_unlabelled(folder: str | Path) -> list[str]:
+    """The texts of ``folder``/aclImdb/unsup.jsonl; [] for Keras' data, which has none."""
+    if read_source_name(folder) != "aclimdb":
+        return []
+    texts, _, _ = _read_jsonl(Path(folder) / "aclImdb" / "unsup.jsonl", labelled=False)
+    return texts
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -238,7 +262,8 @@ def ranks_to_texts(reviews: list[list[int]], word_index: dict[str, int]) -> list
 def load_texts(folder: str | Path) -> Corpus:
     """Review texts of either source (Keras' ranks decoded to words), in read_source's order.
 
-    ``split_train_val(corpus.train_labels, val_fraction, seed, train_reviews)`` then gives preprocessing's split.
+    ``split_train_val(corpus.train_labels, val_fraction, seed, train_reviews, corpus.train_movies)`` then gives
+    preprocessing's split.
     """
     corpus = read_source(folder)
     if isinstance(corpus, Corpus):
@@ -249,28 +274,64 @@ def load_texts(folder: str | Path) -> Corpus:
     )
 
 
-def split_train_val(labels: np.ndarray, val_fraction: float, seed: int,
-                    train_reviews: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) of a stratified split, both shuffled, the same for the same seed.
+def split_train_val(labels: np.ndarray, val_fraction: float, seed: int, train_reviews: int = 0,
+                    movies: tuple[str | None, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of the validation split, both shuffled, the same for the same seed.
 
-    Each class gives round(val_fraction * its size) reviews to validation, but at least one
-    and never all of them. ``train_reviews`` > 0 keeps only that many of the rest, each label
-    in its share (preprocess.train_reviews); the validation reviews do not change.
+    When ``movies`` names every review's movie (the archive's urls_*.txt), whole movies go to
+    validation (_movie_split): no movie has reviews on both sides, as between train and test.
+    Otherwise each class gives round(val_fraction * its size) reviews to validation, but at
+    least one and never all of them. Which of the two is said in one log line.
+    ``train_reviews`` > 0 keeps only that many of the rest, each label in its share
+    (preprocess.train_reviews); the validation reviews do not change.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label, name in ((0, "negative"), (1, "positive")):
-        members = np.flatnonzero(labels == label)
-        if len(members) < 2:
-            raise DataError(f"the training reviews hold {len(members)} {name} reviews; at least 2 are needed "
+    quotas = {}
+    for label, name in _CLASSES:
+        members = np.count_nonzero(labels == label)
+        if members < 2:
+            raise DataError(f"the training reviews hold {members} {name} reviews; at least 2 are needed "
                             "to split off a validation set (preprocess.val_fraction)")
-        count = min(max(round(val_fraction * len(members)), 1), len(members) - 1)
-        shuffled = rng.permutation(members)
-        val.append(shuffled[:count])
-        train.append(shuffled[count:])
-    train, val = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))
+        quotas[label] = min(max(round(val_fraction * members), 1), members - 1)
+    if movies and None not in movies:
+        train, val = _movie_split(labels, movies, quotas, rng)
+        log.info("validation split grouped by movie: %d reviews of %d movies, none of them in training",
+                 len(val), len({movies[i] for i in val}))
+    else:
+        train, val = [], []
+        for label, _ in _CLASSES:
+            shuffled = rng.permutation(np.flatnonzero(labels == label))
+            val.append(shuffled[:quotas[label]])
+            train.append(shuffled[quotas[label]:])
+        train, val = np.concatenate(train), np.concatenate(val)
+        log.info("validation split stratified by label (%d reviews): the data does not name every review's "
+                 "movie (no urls_*.txt), so it cannot be grouped by movie", len(val))
+    train, val = rng.permutation(train), rng.permutation(val)
     return (_stratified_head(train, labels, train_reviews) if train_reviews else train), val
+
+
+def _movie_split(labels: np.ndarray, movies: tuple[str, ...], quotas: dict[int, int],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Whole movies to validation, in a seeded order, each taken only if no label passes its quota."""
+    names = sorted(set(movies))
+    movie = np.fromiter(map({name: i for i, name in enumerate(names)}.__getitem__, movies), np.int64, len(movies))
+    per_movie = np.zeros((len(names), 2), dtype=np.int64)  # reviews of each label
+    np.add.at(per_movie, (movie, labels.astype(np.int64)), 1)
+    room = np.array([quotas[0], quotas[1]])
+    chosen = np.zeros(len(names), dtype=bool)
+    for candidate in rng.permutation(len(names)):
+        if (per_movie[candidate] <= room).all():
+            chosen[candidate] = True
+            room -= per_movie[candidate]
+            if not room.any():
+                break
+    in_val = chosen[movie]
+    for side in (in_val, ~in_val):
+        if len(set(labels[side].tolist())) < 2:
+            raise DataError(f"the training reviews' {len(names)} movies cannot be split with reviews of both labels on "
+                            "each side; change preprocess.val_fraction, or use data with more movies")
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
 def _stratified_head(train: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:

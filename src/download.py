@@ -4,15 +4,20 @@ The fetched file is kept in a downloads folder between runs (and not fetched aga
 hash verifies); a local file (``file://`` URL or plain path) is used in place. The output
 folder appears whole or not at all and holds ``source.json`` describing what it contains.
 
-From aclImdb's archive only the labelled reviews are kept, as one JSON Lines file per split,
-``aclImdb/train.jsonl`` and ``aclImdb/test.jsonl``, rather than one file per review: tens of
-thousands of tiny files are slow to create and slow for DVC to hash and cache. Each line is
-``{"id": 123, "rating": 8, "label": 1, "text": "..."}`` (id and rating from the member's name
-``<id>_<rating>.txt``, label 1 for pos and 0 for neg, text decoded as UTF-8 with undecodable
-bytes replaced); negative reviews come first, then positive, each in file-name order, whatever
-the order of the archive's members.
+From aclImdb's archive the reviews are kept as one JSON Lines file per folder kind,
+``aclImdb/train.jsonl``, ``aclImdb/test.jsonl`` (labelled) and ``aclImdb/unsup.jsonl`` (the
+unlabelled reviews of ``train/unsup``, empty when the archive has none), rather than one file
+per review: tens of thousands of tiny files are slow to create and slow for DVC to hash and
+cache. Each line is ``{"id": 123, "rating": 8, "label": 1, "movie": "tt0453418", "text": "..."}``:
+id and rating from the member's name ``<id>_<rating>.txt``; label 1 for pos, 0 for neg, null
+for unsup; movie the IMDB title of the review's page, from line <id> of the folder's
+``urls_<pos|neg|unsup>.txt``, or null when the archive does not say; text decoded as UTF-8
+with undecodable bytes replaced. Negative reviews come first, then positive, each in
+file-name order, whatever the order of the archive's members. Every other member (``README``,
+``imdb.vocab``, the bag-of-words ``*.feat`` files) is checked for safety and skipped.
 """
 
+import gzip
 import hashlib
 import json
 import logging
@@ -45,11 +50,16 @@ OFFICIAL = {
 }
 WORD_INDEX_NAME = "imdb_word_index.json"  # Keras' word index, beside imdb.npz
 MAX_REVIEW_BYTES = 1 << 20  # the longest real review is about 14 KB
-MAX_TOTAL_BYTES = 1 << 30  # the 50,000 labelled reviews are about 130 MB
+MAX_TOTAL_BYTES = 1 << 30  # the 100,000 reviews of the official archive, labelled and not, are about 130 MB
+MAX_URLS_BYTES = 16 << 20  # a urls_*.txt: the official urls_unsup.txt is about 2.5 MB
 CHUNK_BYTES = 1 << 20
-REVIEW_MEMBER = re.compile(r"aclImdb/(train|test)/(pos|neg)/(\d+_\d+\.txt)")
+REVIEW_MEMBER = re.compile(r"aclImdb/(train/(?:pos|neg|unsup)|test/(?:pos|neg))/(\d+_\d+\.txt)")
+URLS_MEMBER = re.compile(r"aclImdb/(train|test)/urls_(pos|neg|unsup)\.txt")  # line <id>: review <id>'s page
+MOVIE_ID = re.compile(r"/title/(tt\d+)")
 SPLITS = ("train", "test")
 LABELS = {"neg": 0, "pos": 1}  # in line order: negative reviews first, as read_aclimdb has always returned them
+LABELLED_FOLDERS = tuple(f"{split}/{side}" for split in SPLITS for side in LABELS)
+UNLABELLED_FOLDER = "train/unsup"
 LOCAL_COPY_HINT = ("download the file elsewhere and set data.url to its path or a file:// URL, "
                    "and data.sha256 to its hash")
 
@@ -231,64 +241,96 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     raise _unsafe(archive, f"member {name!r} {problem}")
 
 
-def _read_reviews(archive: Path):
-    """Yield (split, label, file name, text bytes) of each review, checking every member of the archive."""
+def _read_members(archive: Path):
+    """Yield (folder, file name, bytes) of each review and (folder, None, bytes) of each urls file.
+
+    Every member of the archive is checked (_check_member); members of any other name are
+    skipped without being read.
+    """
     total, seen = 0, set()
     try:
-        with tarfile.open(archive, "r|gz") as tar:
+        with open(archive, "rb") as file, gzip.GzipFile(fileobj=file) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 _check_member(archive, member)
-                match = REVIEW_MEMBER.fullmatch(member.name)
-                if not (match and member.isreg()):
+                review, urls = REVIEW_MEMBER.fullmatch(member.name), URLS_MEMBER.fullmatch(member.name)
+                if not ((review or urls) and member.isreg()):
                     continue
                 if member.name in seen:
                     raise _unsafe(archive, f"member {member.name!r} appears twice")
-                if member.size > MAX_REVIEW_BYTES:
+                limit = MAX_REVIEW_BYTES if review else MAX_URLS_BYTES
+                if member.size > limit:
                     raise _unsafe(archive, f"member {member.name!r} is {member.size} bytes, more than the "
-                                           f"{MAX_REVIEW_BYTES} allowed for a review")
+                                           f"{limit} allowed for {'a review' if review else 'a urls file'}")
                 total += member.size
                 if total > MAX_TOTAL_BYTES:
                     raise _unsafe(archive, f"its reviews exceed {MAX_TOTAL_BYTES} bytes in total")
                 seen.add(member.name)
-                yield *match.groups(), tar.extractfile(member).read()
+                data = tar.extractfile(member).read()
+                if review:
+                    yield review.group(1), review.group(2), data
+                elif f"{urls.group(1)}/{urls.group(2)}" in (*LABELLED_FOLDERS, UNLABELLED_FOLDER):
+                    yield f"{urls.group(1)}/{urls.group(2)}", None, data
+            while stream.read(CHUNK_BYTES):  # to the gzip trailer: an archive cut short at a member's end fails here
+                pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{archive}: not a readable .tar.gz archive ({error}); "
                         "check data.url and data.source") from None
 
 
-def _review_line(name: str, label: int, data: bytes) -> str:
-    """One JSON Lines record of the review ``data`` in member ``name`` (``<id>_<rating>.txt``)."""
-    review_id, rating = name.removesuffix(".txt").split("_")
-    return json.dumps({"id": int(review_id), "rating": int(rating), "label": label,
-                       "text": data.decode("utf-8", errors="replace")}, ensure_ascii=False) + "\n"
+def movie_of(url: str) -> str | None:
+    """The movie a review's IMDB page is about: its title id (tt0453418), else the page itself; None if blank."""
+    url = url.strip()
+    found = MOVIE_ID.search(url)
+    return found.group(1) if found else (url or None)
+
+
+def _review_record(name: str, label: int | None, movies: list[str], data: bytes) -> dict:
+    """The record of the review ``data`` in member ``name`` (``<id>_<rating>.txt``)."""
+    review_id, rating = map(int, name.removesuffix(".txt").split("_"))
+    movie = movie_of(movies[review_id]) if review_id < len(movies) else None
+    return {"id": review_id, "rating": rating, "label": label, "movie": movie,
+            "text": data.decode("utf-8", errors="replace")}
 
 
 def safe_extract_reviews(archive: str | Path, out_dir: str | Path) -> int:
-    """Write the labelled reviews of an aclImdb .tar.gz to ``out_dir``/aclImdb/{train,test}.jsonl; return how many.
+    """Write the reviews of an aclImdb .tar.gz to ``out_dir``/aclImdb/{train,test,unsup}.jsonl; return how many.
 
-    Only aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt regular files are kept, read in one pass
-    (at most MAX_TOTAL_BYTES of them are held in memory, to be written in a fixed order); an
-    unsafe member anywhere refuses the whole archive and leaves nothing behind.
+    Only aclImdb/{train,test}/{pos,neg}/ and aclImdb/train/unsup/ <id>_<rating>.txt regular
+    files and the urls_*.txt beside them are kept, read in one pass (at most MAX_TOTAL_BYTES
+    of them are held in memory, to be written in a fixed order); an unsafe member anywhere
+    refuses the whole archive and leaves nothing behind.
     """
     archive = Path(archive)
-    reviews = {(split, label): [] for split in SPLITS for label in LABELS}  # (file name, bytes)
+    reviews = {folder: [] for folder in (*LABELLED_FOLDERS, UNLABELLED_FOLDER)}  # (file name, bytes)
+    urls = {}  # folder -> the lines of its urls file
     with atomic_dir(Path(out_dir) / "aclImdb") as tmp:
-        for split, label, name, data in _read_reviews(archive):
-            reviews[split, label].append((name, data))
-        if not any(reviews.values()):
+        for folder, name, data in _read_members(archive):
+            if name is None:
+                urls[folder] = data.decode("utf-8", errors="replace").splitlines()
+            else:
+                reviews[folder].append((name, data))
+        if not any(reviews[folder] for folder in LABELLED_FOLDERS):
             raise DataError(f"{archive}: no reviews found (expected aclImdb/<train|test>/<pos|neg>/"
                             "<id>_<rating>.txt); check data.url and data.source")
-        empty = [f"aclImdb/{split}/{label}" for (split, label), found in reviews.items() if not found]
+        empty = [f"aclImdb/{folder}" for folder in LABELLED_FOLDERS if not reviews[folder]]
         if empty:
             raise DataError(f"{archive}: no reviews in {', '.join(empty)}; the archive is incomplete")
-        for split in SPLITS:
-            with (tmp / f"{split}.jsonl").open("w", encoding="utf-8", newline="\n") as out:
-                for label, number in LABELS.items():
-                    for name, data in sorted(reviews[split, label], key=lambda review: review[0]):
-                        out.write(_review_line(name, number, data))
-    counts = {key: len(found) for key, found in reviews.items()}
-    log.info("extracted %d reviews (%s)", sum(counts.values()),
-             ", ".join(f"{split}/{label}: {n}" for (split, label), n in sorted(counts.items())))
+        files = {split: [(f"{split}/{side}", label) for side, label in LABELS.items()] for split in SPLITS}
+        files["unsup"] = [(UNLABELLED_FOLDER, None)]
+        with_movie = 0
+        for file_name, folders in files.items():
+            with (tmp / f"{file_name}.jsonl").open("w", encoding="utf-8", newline="\n") as out:
+                for folder, label in folders:
+                    for name, data in sorted(reviews[folder], key=lambda review: review[0]):
+                        record = _review_record(name, label, urls.get(folder, []), data)
+                        with_movie += record["movie"] is not None
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    counts = {folder: len(found) for folder, found in reviews.items()}
+    log.info("extracted %d reviews (%s); the movie of %d of them is known (urls_*.txt)", sum(counts.values()),
+             ", ".join(f"{folder}: {n}" for folder, n in sorted(counts.items())), with_movie)
+    if not counts[UNLABELLED_FOLDER]:
+        log.info("the archive has no unlabelled reviews (aclImdb/%s/): unsup.jsonl is empty", UNLABELLED_FOLDER)
     return sum(counts.values())
 
 

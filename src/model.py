@@ -31,7 +31,8 @@ def build_model(params: ModelParams, num_words: int, maxlen: int):
     model.add(Input(shape=(maxlen,), dtype="int32"))
     if params.word_dropout:
         model.add(word_dropout()(params.word_dropout))
-    model.add(layers.Embedding(num_words, params.embedding_dim, mask_zero=params.mask_padding, dtype=dtype))
+    model.add(layers.Embedding(num_words, params.embedding_dim, mask_zero=params.mask_padding, dtype=dtype,
+                               trainable=not params.freeze_embedding))
     if params.embedding_dropout:
         # Drops whole embedding channels for the whole review: a word's vector is never half there.
         model.add(layers.SpatialDropout1D(params.embedding_dropout, dtype=dtype))
@@ -58,6 +59,14 @@ def embedding_layer(model):
     from keras import layers
 
     return next(layer for layer in model.layers if isinstance(layer, layers.Embedding))
+
+
+def start_embedding_from(model, vectors, known) -> None:
+    """The Embedding rows of the ``known`` ids take the pretrained ``vectors``; the others keep their random start."""
+    layer = embedding_layer(model)
+    weights = layer.get_weights()[0]
+    weights[known] = vectors[known]
+    layer.set_weights([weights])
 
 
 @functools.cache

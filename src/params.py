@@ -77,6 +77,17 @@ class PreprocessParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    method: str = field(metadata=_rule(choices=("none", "word2vec")))
+    algorithm: str = field(metadata=_rule(choices=("cbow", "skipgram")))
+    window: int = field(metadata=_rule(minimum=1, maximum=100))
+    epochs: int = field(metadata=_rule(minimum=1, maximum=1000))
+    sample: float = field(metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
+    unlabelled: bool = field(metadata=_rule())
+    seed: int = field(metadata=_rule(minimum=0, maximum=2**31 - 1))
+
+
+@dataclass(frozen=True)
 class ModelParams:
     embedding_dim: int = field(metadata=_rule(minimum=1, maximum=4096))
     units: int = field(metadata=_rule(minimum=1, maximum=4096))
@@ -89,6 +100,7 @@ class ModelParams:
     embedding_dropout: float = field(default=0.0, metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
     word_dropout: float = field(default=0.0, metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
     precision: str = field(default="float32", metadata=_rule(choices=PRECISIONS))
+    freeze_embedding: bool = field(default=False, metadata=_rule())
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,7 @@ class MlflowParams:
 class Params:
     data: DataParams
     preprocess: PreprocessParams
+    pretrain: PretrainParams
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
@@ -135,6 +148,7 @@ class Params:
 _SECTION_CLASSES = {
     "data": DataParams,
     "preprocess": PreprocessParams,
+    "pretrain": PretrainParams,
     "model": ModelParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
@@ -310,6 +324,9 @@ def check_training_memory(params: Params, available: int | None = None) -> None:
 
 def check_combination(params: Params) -> None:
     """Raise ParamsError for values that are valid alone but not together."""
+    if params.model.freeze_embedding and params.pretrain.method == "none":
+        raise ParamsError("model.freeze_embedding: true needs pretrained vectors (pretrain.method: none leaves the "
+                          "embedding random, and a frozen random embedding learns nothing); set one of them differently")
     if params.train.bucket_by_length and not params.model.mask_padding:
         raise ParamsError("train.bucket_by_length: true needs model.mask_padding: true (cutting the padding "
                           "changes what an unmasked model computes); set one of them differently")

@@ -130,7 +130,9 @@ def statistics(part: Encoded, maxlen: int) -> dict:
 def preprocess(raw_folder: str | Path, params: PreprocessParams) -> Result:
     """Read the download stage's folder and encode it into train / val / test arrays."""
     corpus = read_source(raw_folder)
-    train_idx, val_idx = split_train_val(corpus.train_labels, params.val_fraction, params.seed, params.train_reviews)
+    movies = corpus.train_movies if isinstance(corpus, Corpus) else ()
+    train_idx, val_idx = split_train_val(corpus.train_labels, params.val_fraction, params.seed, params.train_reviews,
+                                         movies)
     if isinstance(corpus, Corpus):
         source = "aclimdb"
         vocabulary, train, test = _encode_texts(corpus, train_idx, params.num_words)

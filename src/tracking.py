@@ -346,7 +346,7 @@ def _git(root: Path, *args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def dvc_output_hashes(lock_path: Path, stages=("download", "preprocess")) -> dict[str, str]:
+def dvc_output_hashes(lock_path: Path, stages=("download", "preprocess", "pretrain")) -> dict[str, str]:
     """The md5 DVC recorded for each output of the data stages, from dvc.lock."""
     try:
         lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}

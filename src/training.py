@@ -98,13 +98,19 @@ def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams) -
             length_bucketed_dataset(x_val, y_val, params.batch_size, params.seed))
 
 
-def new_model(model_params: ModelParams, train_params: TrainParams, num_words: int, maxlen: int, strategy=None):
-    """Seed everything, then build and compile the model, in ``strategy``'s scope when given."""
-    from src.model import build_model, compile_model
+def new_model(model_params: ModelParams, train_params: TrainParams, num_words: int, maxlen: int, strategy=None,
+              word_vectors=None):
+    """Seed everything, then build and compile the model, in ``strategy``'s scope when given.
+
+    ``word_vectors`` (the pretrain stage's, src.pretrain.WordVectors) start the Embedding.
+    """
+    from src.model import build_model, compile_model, start_embedding_from
 
     make_deterministic(train_params.seed)
     with scope(strategy):
         model = build_model(model_params, num_words, maxlen)
+        if word_vectors is not None:
+            start_embedding_from(model, word_vectors.vectors, word_vectors.known)
         compile_model(model, train_params)
     return model
 

@@ -5,6 +5,7 @@ wrapped in the quirks of the real reviews (HTML line breaks, capitals, punctuati
 """
 
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -40,19 +41,48 @@ def _add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def write_aclimdb_tarball(path: Path, train: int = 40, test: int = 20, seed: int = 0) -> Path:
-    """An archive laid out like aclImdb_v1.tar.gz, with the files the pipeline must skip."""
+def movie_url(movie: int) -> bytes:
+    return f"http://www.imdb.com/title/tt{movie:07d}/usercomments\n".encode()
+
+
+def write_aclimdb_tarball(path: Path, train: int = 40, test: int = 20, seed: int = 0, unsup: int = 30,
+                          per_movie: int = 3, urls: bool = True) -> Path:
+    """An archive laid out like aclImdb_v1.tar.gz, with the files the pipeline must skip.
+
+    ``unsup`` unlabelled reviews go to train/unsup. With ``urls``, each folder has its
+    urls_*.txt, line <id> naming review <id>'s movie: ``per_movie`` reviews of a folder share
+    one, and no movie spans two folders or splits (as in the real archive, train and test
+    share no movie).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    movies = itertools.count(1000)
     with tarfile.open(path, "w:gz") as archive:
         for split, count, split_seed in (("train", train, seed), ("test", test, seed + 1)):
+            reviews = {"pos": [], "neg": []}
             for number, (text, label) in enumerate(make_split(count, split_seed)):
                 folder = "pos" if label == 1 else "neg"
                 rating = 7 + number % 4 if label == 1 else 1 + number % 4
                 _add_file(archive, f"aclImdb/{split}/{folder}/{number}_{rating}.txt", text.encode("utf-8"))
+                reviews[folder].append(number)
             _add_file(archive, f"aclImdb/{split}/labeledBow.feat", b"0 0:1\n")
-            _add_file(archive, f"aclImdb/{split}/urls_pos.txt", b"http://example.invalid/\n")
-        _add_file(archive, "aclImdb/train/unsup/0_0.txt", b"unlabelled review")
+            if urls:
+                for folder, numbers in reviews.items():
+                    lines = [b"\n"] * (max(numbers, default=-1) + 1)  # ids are numbered across both folders
+                    for rank, number in enumerate(numbers):
+                        if rank % per_movie == 0:
+                            movie = next(movies)
+                        lines[number] = movie_url(movie)
+                    _add_file(archive, f"aclImdb/{split}/urls_{folder}.txt", b"".join(lines))
+        rng = random.Random(seed + 2)
+        for number in range(unsup):
+            _add_file(archive, f"aclImdb/train/unsup/{number}_0.txt", make_review(number % 2, rng).encode("utf-8"))
+        if urls and unsup:
+            first = next(movies)  # the unlabelled reviews' movies come after every labelled one's
+            _add_file(archive, "aclImdb/train/urls_unsup.txt",
+                      b"".join(movie_url(first + number // per_movie) for number in range(unsup)))
+        _add_file(archive, "aclImdb/train/unsupBow.feat", b"0 0:1\n")
         _add_file(archive, "aclImdb/imdb.vocab", b"the\nfilm\n")
+        _add_file(archive, "aclImdb/imdbEr.txt", b"0.1\n-0.2\n")
         _add_file(archive, "aclImdb/README", b"readme")
     return path
 

@@ -48,12 +48,15 @@ def expected_records(archive: Path) -> dict[str, list[dict]]:
     """split -> the records its .jsonl must hold, in order: negative then positive, by file name."""
     with tarfile.open(archive) as tar:
         texts = {name: tar.extractfile(name).read().decode("utf-8", errors="replace") for name in review_names(archive)}
+        urls = {m.name: tar.extractfile(m).read().decode().splitlines() for m in tar if "/urls_" in m.name}
     records = {"train": [], "test": []}
     for name in sorted(texts, key=lambda n: (n.split("/")[2] == "pos", n.split("/")[3])):
         _, split, side, file_name = name.split("/")
         review_id, rating = file_name[:-4].split("_")
+        lines = urls.get(f"aclImdb/{split}/urls_{side}.txt", [])
+        movie = lines[int(review_id)].split("/")[4] if int(review_id) < len(lines) else None
         records[split].append({"id": int(review_id), "rating": int(rating), "label": int(side == "pos"),
-                               "text": texts[name]})
+                               "movie": movie, "text": texts[name]})
     return records
 
 
@@ -144,16 +147,18 @@ def test_aclimdb_over_http(server, tarball, downloads, out):
     assert record == expected
     assert json.loads((out / "source.json").read_text()) == expected
     assert "hunter2" not in (out / "source.json").read_text()
-    assert files_under(out) == ["aclImdb/test.jsonl", "aclImdb/train.jsonl", "source.json"]
+    assert files_under(out) == ["aclImdb/test.jsonl", "aclImdb/train.jsonl", "aclImdb/unsup.jsonl", "source.json"]
     wanted = expected_records(tarball)
     assert [len(wanted["train"]), len(wanted["test"])] == [8, 4]
     for split in ("train", "test"):
         records = jsonl_records(out / "aclImdb" / f"{split}.jsonl")
         assert records == wanted[split]
         assert [r["label"] for r in records] == sorted(r["label"] for r in records)  # negative first
-    # Only the labelled reviews are kept: unsup, README, imdb.vocab, labeledBow.feat, urls_*.txt are skipped.
-    texts = {r["text"] for split in ("train", "test") for r in jsonl_records(out / "aclImdb" / f"{split}.jsonl")}
-    assert not texts & {"unlabelled review", "readme", "the\nfilm\n", "0 0:1\n", "http://example.invalid/\n"}
+    # Only the reviews are kept: README, imdb.vocab, imdbEr.txt, *Bow.feat and urls_*.txt are skipped.
+    texts = {r["text"] for split in ("train", "test", "unsup") for r in jsonl_records(out / "aclImdb" / f"{split}.jsonl")}
+    assert not texts & {"readme", "the\nfilm\n", "0.1\n-0.2\n", "0 0:1\n"}
+    assert not any("imdb.com" in text for text in texts)
+    assert len(jsonl_records(out / "aclImdb" / "unsup.jsonl")) == 30
     assert files_under(downloads) == ["aclImdb_v1.tar.gz"]
 
 
@@ -433,7 +438,7 @@ def test_cli_writes_data_raw(tmp_path, tarball, real_params_dict):
     result = run_cli(tmp_path, with_data(real_params_dict, url=tarball.as_uri(), sha256=sha256(tarball)))
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "data/raw/source.json").read_text())["sha256"] == sha256(tarball)
-    assert files_under(tmp_path / "data/raw/aclImdb") == ["test.jsonl", "train.jsonl"]
+    assert files_under(tmp_path / "data/raw/aclImdb") == ["test.jsonl", "train.jsonl", "unsup.jsonl"]
     lines = {split: (tmp_path / f"data/raw/aclImdb/{split}.jsonl").read_text().count("\n") for split in ("train", "test")}
     assert lines == {"train": 8, "test": 4}
 

@@ -51,7 +51,8 @@ def write_aclimdb_folder(folder: Path, train: list[tuple[str, int]], test: list[
     """A raw aclimdb folder holding (text, label) reviews, one JSON line each, in the order given."""
     (folder / "aclImdb").mkdir(parents=True)
     for split, reviews in (("train", train), ("test", test)):
-        lines = [json.dumps({"id": number, "rating": 8 if label else 2, "label": label, "text": text}) + "\n"
+        lines = [json.dumps({"id": number, "rating": 8 if label else 2, "label": label, "movie": None,
+                             "text": text}) + "\n"
                  for number, (text, label) in enumerate(reviews)]
         (folder / "aclImdb" / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
     return write_source(folder, "aclimdb")
@@ -188,7 +189,7 @@ def test_aclimdb_arrays_equal_raw_text_encoding(aclimdb_raw, tiny_params, paddin
     p = dataclasses.replace(tiny_params.preprocess, padding=padding, truncating=truncating)
     result = preprocess(aclimdb_raw, p)
     corpus = read_aclimdb(aclimdb_raw)
-    train_idx, val_idx = split_train_val(corpus.train_labels, p.val_fraction, p.seed)
+    train_idx, val_idx = split_train_val(corpus.train_labels, p.val_fraction, p.seed, 0, corpus.train_movies)
     encoder = Encoder.from_json(result.vocabulary)
     # The vocabulary is counted on the training part only.
     assert list(encoder.vocabulary.words) == build_vocabulary(
@@ -233,8 +234,11 @@ def test_keras_arrays_follow_keras_convention(keras_raw, tiny_params):
     assert np.array_equal(Encoder.from_json(result.vocabulary).encode(texts), result.arrays["test"]["x"])
 
 
-def test_both_sources_mean_the_same_words(tmp_path, aclimdb_raw, tiny_params):
+def test_both_sources_mean_the_same_words(tmp_path, tiny_params):
     """Keras files built from the aclImdb reviews decode to the same words in every split."""
+    aclimdb_raw = tmp_path / "raw-no-movies"  # Keras' data names no movies: both get the stratified split
+    safe_extract_reviews(write_aclimdb_tarball(tmp_path / "no-urls.tar.gz", train=40, test=20, urls=False), aclimdb_raw)
+    write_source(aclimdb_raw, "aclimdb")
     corpus = read_aclimdb(aclimdb_raw)
     tokens = {split: [tokenize(text) for text in getattr(corpus, f"{split}_texts")] for split in ("train", "test")}
     index = keras_word_index([" ".join(t) for split in tokens.values() for t in split])
@@ -368,20 +372,24 @@ def test_per_review_files_of_an_older_download_are_a_data_error(tmp_path):
         read_source(write_source(tmp_path, "aclimdb"))
 
 
-GOOD_LINE = {"id": 3, "rating": 8, "label": 1, "text": "a fine film"}
+GOOD_LINE = {"id": 3, "rating": 8, "label": 1, "movie": "tt0000003", "text": "a fine film"}
 
 
 @pytest.mark.parametrize("line, problem", [
     (b"{\"id\": 3, \"rating\": 8,", "not valid JSON"),
     (b"", "not valid JSON"),
     (b'{"id": 3, "rating": 8, "label": 1, "text": "caf\xe9"}', "not valid JSON"),
-    (b"[3, 8, 1, \"a fine film\"]", "keys id, rating, label, text"),
-    (json.dumps({k: v for k, v in GOOD_LINE.items() if k != "text"}).encode(), "keys id, rating, label, text"),
-    (json.dumps({**GOOD_LINE, "title": "x"}).encode(), "keys id, rating, label, text"),
+    (b"[3, 8, 1, \"a fine film\"]", "keys id, rating, label, movie, text"),
+    (json.dumps({k: v for k, v in GOOD_LINE.items() if k != "text"}).encode(), "keys id, rating, label, movie, text"),
+    (json.dumps({k: v for k, v in GOOD_LINE.items() if k != "movie"}).encode(), "keys id, rating, label, movie, text"),
+    (json.dumps({**GOOD_LINE, "title": "x"}).encode(), "keys id, rating, label, movie, text"),
     (json.dumps({**GOOD_LINE, "id": "3"}).encode(), "id and rating must be integers"),
     (json.dumps({**GOOD_LINE, "rating": 8.0}).encode(), "id and rating must be integers"),
     (json.dumps({**GOOD_LINE, "label": 2}).encode(), "label must be 0"),
     (json.dumps({**GOOD_LINE, "label": True}).encode(), "label must be 0"),
+    (json.dumps({**GOOD_LINE, "label": None}).encode(), "label must be 0"),
+    (json.dumps({**GOOD_LINE, "movie": 3}).encode(), "movie must be a non-empty string or null"),
+    (json.dumps({**GOOD_LINE, "movie": ""}).encode(), "movie must be a non-empty string or null"),
     (json.dumps({**GOOD_LINE, "text": None}).encode(), "text must be a string"),
 ])
 def test_malformed_line_is_a_data_error_naming_file_and_line(tmp_path, line, problem):

@@ -1,0 +1,247 @@
+"""Unlabelled reviews and movies from the archive, the movie-grouped split, and the pretrain stage."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from synthetic import write_aclimdb_tarball, write_keras_files
+
+from src import pretrain as pretraining
+from src.datasets import read_aclimdb, read_unlabelled, split_train_val
+from src.download import movie_of, safe_extract_reviews
+from src.errors import DataError, ParamsError
+from src.params import params_from_dict
+from src.preprocess import preprocess, write_outputs
+from src.text import START, read_vocab_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_folder(tmp_path: Path, **archive) -> Path:
+    folder = tmp_path / "raw"
+    safe_extract_reviews(write_aclimdb_tarball(tmp_path / "aclImdb.tar.gz", **archive), folder)
+    (folder / "source.json").write_text(json.dumps({"source": "aclimdb"}), encoding="utf-8")
+    return folder
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --- the download stage keeps the unlabelled reviews and the movies ------------------------------
+
+def test_unlabelled_reviews_and_movies_are_kept_other_members_skipped(tmp_path):
+    folder = raw_folder(tmp_path, train=12, test=6, unsup=9, per_movie=3)
+    unlabelled = records(folder / "aclImdb" / "unsup.jsonl")
+    assert [r["id"] for r in unlabelled] == sorted(range(9), key=str)  # file-name order
+    assert {r["label"] for r in unlabelled} == {None} and {r["rating"] for r in unlabelled} == {0}
+    train = records(folder / "aclImdb" / "train.jsonl")
+    assert all(r["movie"].startswith("tt") for r in train + unlabelled)
+    assert max(Counter(r["movie"] for r in train).values()) == 3
+    assert not {r["movie"] for r in train} & {r["movie"] for r in unlabelled}
+    # README, imdb.vocab, imdbEr.txt and the bag-of-words files are skipped without error
+    assert sorted(p.name for p in (folder / "aclImdb").iterdir()) == ["test.jsonl", "train.jsonl", "unsup.jsonl"]
+    every_text = {r["text"] for name in ("train", "test", "unsup") for r in records(folder / "aclImdb" / f"{name}.jsonl")}
+    assert not every_text & {"readme", "the\nfilm\n", "0.1\n-0.2\n", "0 0:1\n"}
+    assert read_unlabelled(folder) == [r["text"] for r in unlabelled]
+
+
+def test_an_archive_without_unlabelled_reviews_or_urls_still_works(tmp_path, caplog):
+    folder = raw_folder(tmp_path, train=12, test=6, unsup=0, urls=False)
+    assert (folder / "aclImdb" / "unsup.jsonl").read_bytes() == b""
+    assert read_unlabelled(folder) == []
+    corpus = read_aclimdb(folder)
+    assert set(corpus.train_movies) == {None}
+    with caplog.at_level(logging.INFO, logger="imdb_lstm.datasets"):
+        split_train_val(corpus.train_labels, 0.25, 0, 0, corpus.train_movies)
+    assert "stratified by label" in caplog.text and "cannot be grouped by movie" in caplog.text
+
+
+@pytest.mark.parametrize("url, movie", [
+    ("http://www.imdb.com/title/tt0453418/usercomments", "tt0453418"),
+    ("http://www.imdb.com/title/tt0064354/usercomments\r", "tt0064354"),
+    ("https://example.org/some/page", "https://example.org/some/page"),
+    ("  ", None),
+])
+def test_movie_of(url, movie):
+    assert movie_of(url) == movie
+
+
+# --- the validation split, grouped by movie ----------------------------------------------------------
+
+def movie_data(movies: int, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Labels and movies of reviews of ``movies`` movies, 1 to 30 reviews each, mostly of one label."""
+    rng = np.random.default_rng(seed)
+    labels, names = [], []
+    for movie in range(movies):
+        count, lean = rng.integers(1, 31), rng.random()
+        labels += (rng.random(count) < lean).astype(int).tolist()
+        names += [f"tt{movie:07d}"] * count
+    return np.array(labels, dtype=np.int8), tuple(names)
+
+
+def test_movie_split_keeps_every_movie_on_one_side_and_each_label_near_its_share(caplog):
+    labels, movies = movie_data(400)
+    with caplog.at_level(logging.INFO, logger="imdb_lstm.datasets"):
+        train, val = split_train_val(labels, 0.2, 42, 0, movies)
+    assert "grouped by movie" in caplog.text
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(labels)))
+    assert not {movies[i] for i in train} & {movies[i] for i in val}
+    for label in (0, 1):
+        quota = round(0.2 * np.count_nonzero(labels == label))
+        assert 0.95 * quota <= np.count_nonzero(labels[val] == label) <= quota
+    again = split_train_val(labels, 0.2, 42, 0, movies)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert not np.array_equal(val, split_train_val(labels, 0.2, 43, 0, movies)[1])
+
+
+def test_movie_split_with_train_reviews_keeps_the_same_validation_reviews():
+    labels, movies = movie_data(200, seed=1)
+    full_train, full_val = split_train_val(labels, 0.2, 7, 0, movies)
+    train, val = split_train_val(labels, 0.2, 7, 500, movies)
+    assert np.array_equal(val, full_val) and len(train) == 500 and set(train) <= set(full_train)
+
+
+def test_a_review_without_a_movie_makes_the_split_stratified():
+    labels, movies = movie_data(100, seed=2)
+    stratified = split_train_val(labels, 0.2, 3)
+    partly_known = split_train_val(labels, 0.2, 3, 0, movies[:-1] + (None,))
+    assert all(np.array_equal(a, b) for a, b in zip(stratified, partly_known))
+
+
+def test_too_few_movies_to_split_is_a_data_error():
+    with pytest.raises(DataError, match="2 movies cannot be split with reviews of both labels on each side"):
+        split_train_val(np.array([0, 0, 0, 1, 1, 1]), 0.5, 0, 0, ("a", "a", "a", "b", "b", "b"))
+
+
+# --- the pretrain stage ----------------------------------------------------------------------------
+
+@pytest.fixture
+def processed(tmp_path, tiny_params):
+    """(raw folder, processed folder) of a tiny archive with unlabelled reviews."""
+    raw = raw_folder(tmp_path, train=40, test=20, unsup=30)
+    out = tmp_path / "processed"
+    write_outputs(preprocess(raw, tiny_params.preprocess), out, tmp_path / "preprocess.json")
+    return raw, out
+
+
+def test_pretraining_reads_the_training_part_and_the_unlabelled_reviews_only(processed, tiny_params, monkeypatch):
+    raw, out = processed
+    seen = []
+    real = pretraining.word2vec
+    monkeypatch.setattr(pretraining, "word2vec", lambda reviews, *args: seen.extend(reviews) or real(reviews, *args))
+    encoder = read_vocab_json(out / "vocab.json")
+    arrays = {name: np.load(out / f"{name}.npz")["x"] for name in ("train", "val", "test")}
+    vectors, summary = pretraining.pretrain(arrays["train"], read_unlabelled(raw), encoder, 8, tiny_params.pretrain)
+
+    def as_reviews(rows):
+        return Counter(tuple(row[row > START].tolist()) for row in rows)
+
+    unlabelled = Counter(tuple(ids.tolist()) for ids in pretraining.encode_unlabelled(read_unlabelled(raw), encoder))
+    assert Counter(tuple(ids.tolist()) for ids in seen) == as_reviews(arrays["train"]) + unlabelled
+    assert not set(map(tuple, seen)) & (set(as_reviews(arrays["val"])) | set(as_reviews(arrays["test"])))
+    assert summary == {"method": "word2vec", "training_reviews": 30, "unlabelled_reviews": 30,
+                       "words": sum(map(len, seen)), "ids_with_vectors": int(vectors.known.sum())}
+    assert vectors.vectors.shape == (encoder.vocabulary.num_words, 8) and not vectors.known[0]
+    assert np.all(vectors.vectors[~vectors.known] == 0) and np.all(np.abs(vectors.vectors[vectors.known]).sum(1) > 0)
+
+
+def test_without_unlabelled_reviews_pretraining_uses_the_training_reviews_alone(tmp_path, tiny_params, caplog):
+    raw = raw_folder(tmp_path, train=40, test=20, unsup=0)
+    out = tmp_path / "processed"
+    write_outputs(preprocess(raw, tiny_params.preprocess), out, tmp_path / "preprocess.json")
+    with caplog.at_level(logging.INFO, logger="imdb_lstm.pretrain"):
+        _, summary = pretraining.pretrain(np.load(out / "train.npz")["x"], read_unlabelled(raw),
+                                          read_vocab_json(out / "vocab.json"), 8, tiny_params.pretrain)
+    assert summary["unlabelled_reviews"] == 0 and summary["training_reviews"] == 30
+    assert "pretraining learns from the 30 training reviews alone" in caplog.text
+
+
+def run_stage(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str, **env) -> subprocess.CompletedProcess:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.pretrain", "--params", str(tmp_path / "params.yaml"), "--raw", str(raw),
+         "--data", str(processed), "--out", str(tmp_path / out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+def test_stage_output_is_byte_identical_across_processes(processed, tmp_path, tiny_params_dict):
+    raw, out = processed
+    for name, hash_seed in (("first", "1"), ("second", "2")):
+        result = run_stage(tmp_path, raw, out, tiny_params_dict, name, PYTHONHASHSEED=hash_seed)
+        assert result.returncode == 0, result.stderr
+    for file in ("word_vectors.npz", "pretrain.json"):
+        assert (tmp_path / "first" / file).read_bytes() == (tmp_path / "second" / file).read_bytes()
+    other_seed = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "seed": 7}}
+    assert run_stage(tmp_path, raw, out, other_seed, "third").returncode == 0
+    assert (tmp_path / "third" / "word_vectors.npz").read_bytes() != (tmp_path / "first" / "word_vectors.npz").read_bytes()
+
+
+def test_stage_with_method_none_writes_no_vectors(processed, tmp_path, tiny_params_dict):
+    raw, out = processed
+    params = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "method": "none"}}
+    result = run_stage(tmp_path, raw, out, params, "none")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["pretrain.json"]
+    assert pretraining.load_word_vectors(tmp_path / "none", 60, 8) is None
+
+
+def test_keras_data_pretrains_on_the_training_reviews(tmp_path, tiny_params_dict):
+    raw = tmp_path / "raw"
+    write_keras_files(raw, train=40, test=20)
+    (raw / "source.json").write_text(json.dumps({"source": "keras"}))
+    params = params_from_dict(tiny_params_dict)
+    write_outputs(preprocess(raw, params.preprocess), tmp_path / "processed", tmp_path / "preprocess.json")
+    result = run_stage(tmp_path, raw, tmp_path / "processed", tiny_params_dict, "keras")
+    assert result.returncode == 0, result.stderr
+    assert "pretraining learns from the 30 training reviews alone" in result.stderr
+    assert json.loads((tmp_path / "keras" / "pretrain.json").read_text())["unlabelled_reviews"] == 0
+
+
+def test_vectors_of_another_size_are_refused(processed, tmp_path, tiny_params_dict):
+    raw, out = processed
+    assert run_stage(tmp_path, raw, out, tiny_params_dict, "vectors").returncode == 0
+    with pytest.raises(DataError, match=r"no \[60, 16\] word vectors .* run the pretrain stage again"):
+        pretraining.load_word_vectors(tmp_path / "vectors", 60, 16)
+    with pytest.raises(DataError, match="not found; run the pretrain stage first"):
+        pretraining.load_word_vectors(tmp_path / "nowhere", 60, 8)
+
+
+def test_freezing_a_random_embedding_is_refused(tiny_params_dict):
+    params = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "method": "none"},
+              "model": {**tiny_params_dict["model"], "freeze_embedding": True}}
+    with pytest.raises(ParamsError, match="model.freeze_embedding: true needs pretrained vectors"):
+        params_from_dict(params)
+
+
+# --- train starts from the vectors -----------------------------------------------------------------
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_embedding_starts_from_the_known_vectors(tiny_params_dict, frozen):
+    import dataclasses
+
+    from src.model import embedding_layer
+    from src.training import new_model, train
+    from synthetic import make_split
+
+    params = params_from_dict(tiny_params_dict)
+    model_params = dataclasses.replace(params.model, freeze_embedding=frozen)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    known = rng.random(60) < 0.5
+    random_start = embedding_layer(new_model(model_params, params.train, 60, 24)).get_weights()[0]
+    model = new_model(model_params, params.train, 60, 24, word_vectors=pretraining.WordVectors(vectors, known))
+    start = embedding_layer(model).get_weights()[0]
+    assert np.array_equal(start[known], vectors[known]) and np.array_equal(start[~known], random_start[~known])
+
+    x = rng.integers(0, 60, size=(64, 24)).astype(np.int32)
+    y = np.array([label for _, label in make_split(64, 0)], dtype=np.int8)
+    train(model, (x[:48], y[:48]), (x[48:], y[48:]), params.train)
+    assert np.array_equal(embedding_layer(model).get_weights()[0], start) == frozen
