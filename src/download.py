@@ -15,12 +15,19 @@ for unsup; movie the IMDB title of the review's page, from line <id> of the fold
 with undecodable bytes replaced. Negative reviews come first, then positive, each in
 file-name order, whatever the order of the archive's members. Every other member (``README``,
 ``imdb.vocab``, the bag-of-words ``*.feat`` files) is checked for safety and skipped.
+
+A server that asks for a password gets it from the environment variable IMDB_DATA_AUTH
+(``USER:PASSWORD``), else from ``~/.netrc``, which requests reads for any request given no
+credentials (``machine HOST login USER password PASSWORD``; ``NETRC`` names another file).
+Never from data.url itself: params.py refuses a URL holding them, as DVC would record it.
+requests sends either to data.url's host only, not to another host it is redirected to.
 """
 
 import gzip
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tarfile
@@ -36,7 +43,7 @@ from tqdm import tqdm
 
 from src.errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
 from src.fileio import atomic_dir, atomic_path, write_json
-from src.params import DataParams
+from src.params import DATA_AUTH_HINT, DATA_AUTH_VARIABLE, DataParams
 from src.redact import redact_text, redact_url
 
 log = logging.getLogger("imdb_lstm.download")
@@ -97,6 +104,18 @@ def local_path(url: str) -> Path | None:
     return Path(urllib.request.url2pathname(parts.path))
 
 
+def credentials_from_environment() -> tuple[str, str] | None:
+    """(user, password) from IMDB_DATA_AUTH; None when it is unset or empty (requests then reads ~/.netrc)."""
+    value = os.environ.get(DATA_AUTH_VARIABLE, "")
+    if not value:
+        return None
+    user, colon, password = value.partition(":")
+    if not (colon and user):
+        raise DownloadError(f"{DATA_AUTH_VARIABLE}: must be USER:PASSWORD (a user name, a colon, the password); "
+                            "its value is not shown")
+    return user, password
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, with a progress bar if hashing takes more than a second."""
     digest = hashlib.sha256()
@@ -129,13 +148,17 @@ def _reason(error: Exception, connect_timeout: float, read_timeout: float) -> st
     return text if isinstance(error, _Transient) else f"{type(error).__name__}: {text}"
 
 
-def _get_once(url: str, tmp: Path, connect_timeout: float, read_timeout: float) -> str:
+def _get_once(url: str, tmp: Path, connect_timeout: float, read_timeout: float, auth: tuple[str, str] | None) -> str:
     """One GET of ``url`` into ``tmp``; return the sha256 of what arrived."""
     headers = {"Accept-Encoding": "identity"}  # the bytes as stored, so Content-Length counts them
-    with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout), headers=headers) as response:
+    with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout), headers=headers,
+                      auth=auth) as response:
         status = f"HTTP {response.status_code} {response.reason}"
         if response.status_code >= 500:
             raise _Transient(status)
+        if response.status_code == 401:
+            raise DownloadError(f"could not download {redact_url(url)}: {status}; give the server's user name and "
+                                f"password in {DATA_AUTH_HINT}, or {LOCAL_COPY_HINT}")
         if response.status_code >= 400:
             raise DownloadError(f"could not download {redact_url(url)}: {status}; check data.url, or {LOCAL_COPY_HINT}")
         size = response.headers.get("Content-Length")
@@ -154,7 +177,8 @@ def _get_once(url: str, tmp: Path, connect_timeout: float, read_timeout: float) 
     return digest.hexdigest()
 
 
-def _get(url: str, tmp: Path, connect_timeout: float, read_timeout: float, attempts: int, backoff: float) -> str:
+def _get(url: str, tmp: Path, connect_timeout: float, read_timeout: float, attempts: int, backoff: float,
+         auth: tuple[str, str] | None) -> str:
     """GET with retries (exponential backoff) on connection errors, timeouts, short bodies and 5xx."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
@@ -162,7 +186,7 @@ def _get(url: str, tmp: Path, connect_timeout: float, read_timeout: float, attem
     retryable = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Transient)
     for attempt in range(1, attempts + 1):
         try:
-            return _get_once(url, tmp, connect_timeout, read_timeout)
+            return _get_once(url, tmp, connect_timeout, read_timeout, auth)
         except requests.exceptions.SSLError as error:  # a certificate problem will not go away
             reason = _reason(error, connect_timeout, read_timeout)
             raise DownloadError(f"could not download {shown}: {reason}; {LOCAL_COPY_HINT}") from None
@@ -180,10 +204,12 @@ def _get(url: str, tmp: Path, connect_timeout: float, read_timeout: float, attem
 
 
 def fetch(url: str, dest: str | Path, sha256: str | None, *, connect_timeout: float = 5.0,
-          read_timeout: float = 30.0, attempts: int = 3, backoff: float = 1.0) -> Path:
+          read_timeout: float = 30.0, attempts: int = 3, backoff: float = 1.0,
+          auth: tuple[str, str] | None = None) -> Path:
     """Download ``url`` to ``dest`` and verify it, unless ``dest`` already verifies; return ``dest``.
 
     ``sha256=None`` (a file whose hash is not known) keeps any ``dest`` already present.
+    ``auth`` (user, password) is sent to the server; without it requests looks in ~/.netrc.
     With the defaults an unreachable host fails within 3 * 5 s + 1 s + 2 s of back-off.
     """
     dest, shown = Path(dest), redact_url(url)
@@ -198,7 +224,7 @@ def fetch(url: str, dest: str | Path, sha256: str | None, *, connect_timeout: fl
         dest.unlink()
     log.info("downloading %s to %s", shown, dest)
     with atomic_path(dest) as tmp:
-        actual = _get(url, tmp, connect_timeout, read_timeout, attempts, backoff)
+        actual = _get(url, tmp, connect_timeout, read_timeout, attempts, backoff, auth)
         if sha256 is not None and actual != sha256:
             raise _checksum_error(shown, sha256, actual)
     return dest
@@ -368,8 +394,12 @@ def _keras_word_index(npz_url: str, downloads_dir: Path, fetch_options: dict) ->
 
 def download(data: DataParams, downloads_dir: str | Path = "data/downloads", out_dir: str | Path = "data/raw",
              **fetch_options) -> dict:
-    """Fetch and verify ``data``'s file, write ``out_dir`` (with source.json) and return its record."""
+    """Fetch and verify ``data``'s file, write ``out_dir`` (with source.json) and return its record.
+
+    Credentials for the server come from IMDB_DATA_AUTH (or ``fetch_options["auth"]``), else ~/.netrc.
+    """
     source, downloads_dir = resolve_source(data), Path(downloads_dir)
+    fetch_options = {"auth": credentials_from_environment(), **fetch_options}
     archive = _obtain(source.url, downloads_dir / source.filename, source.sha256, fetch_options)
     record = {"source": source.name, "url": redact_url(source.url), "sha256": source.sha256,
               "bytes": archive.stat().st_size}

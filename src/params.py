@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,20 @@ from typing import Any
 import yaml
 
 from src.errors import ParamsError
+from src.redact import redact_url
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 # model.precision: Keras dtype policies. mixed_bfloat16 keeps the weights in float32 and computes in bfloat16.
 PRECISIONS = ("float32", "mixed_bfloat16")
+# Environment variable holding USER:PASSWORD for data.url's server (src/download.py sends it).
+DATA_AUTH_VARIABLE = "IMDB_DATA_AUTH"
+# Where a server's user name and password go instead of data.url.
+DATA_AUTH_HINT = f"~/.netrc (machine HOST login USER password PASSWORD) or {DATA_AUTH_VARIABLE}=USER:PASSWORD"
 
 
-def _rule(*, choices=None, minimum=None, maximum=None, exclusive_minimum=None, exclusive_maximum=None, check=None):
-    """Validation rule attached to a dataclass field as metadata."""
+def _rule(*, choices=None, minimum=None, maximum=None, exclusive_minimum=None, exclusive_maximum=None, check=None,
+          shown=repr):
+    """Validation rule attached to a dataclass field as metadata; ``shown`` writes the value in a check's message."""
     return {
         "choices": choices,
         "minimum": minimum,
@@ -33,10 +40,14 @@ def _rule(*, choices=None, minimum=None, maximum=None, exclusive_minimum=None, e
         "exclusive_minimum": exclusive_minimum,
         "exclusive_maximum": exclusive_maximum,
         "check": check,
+        "shown": shown,
     }
 
 
 def _check_url(value: str) -> str | None:
+    # DVC writes every param's value to dvc.lock and its run-cache, so a password must never be one.
+    if "://" in value and "@" in urllib.parse.urlsplit(value).netloc:
+        return f"must not hold a user name or password (DVC would write them to dvc.lock); put them in {DATA_AUTH_HINT}"
     if value == "" or value.startswith(("http://", "https://", "file://")):
         return None
     if "://" in value:
@@ -61,7 +72,7 @@ def _check_experiment(value: str) -> str | None:
 @dataclass(frozen=True)
 class DataParams:
     source: str = field(metadata=_rule(choices=("aclimdb", "keras")))
-    url: str = field(metadata=_rule(check=_check_url))
+    url: str = field(metadata=_rule(check=_check_url, shown=lambda url: repr(redact_url(url))))
     sha256: str = field(metadata=_rule(check=_check_sha256))
 
 
@@ -204,7 +215,7 @@ def _check_rule(key: str, value: Any, rule: dict) -> None:
     if rule["check"] is not None:
         problem = rule["check"](value)
         if problem:
-            raise ParamsError(f"{key}: {problem}, got {value!r}")
+            raise ParamsError(f"{key}: {problem}, got {rule['shown'](value)}")
 
 
 def _load_section(name: str, cls: type, raw: Any) -> Any:

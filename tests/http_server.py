@@ -7,8 +7,11 @@
 
 Faults: "404" (not found), "500" (server error), "stall" (headers, then silence until the
 server stops), "truncate" (a Content-Length larger than the bytes sent, then close).
+``FileServer(files, credentials=("user", "password"))`` answers 401 to a request without them
+(HTTP basic authentication).
 """
 
+import base64
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +28,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         fault = owner.take_fault(path)
         body = owner.files.get(path)
-        if fault == "404" or body is None:
+        if owner.authorization is not None and self.headers.get("Authorization") != owner.authorization:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="files"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif fault == "404" or body is None:
             self.send_error(404)
         elif fault == "500":
             self.send_error(500)
@@ -56,8 +64,11 @@ class _Server(ThreadingHTTPServer):
 class FileServer:
     """Serve ``files`` (URL path -> bytes) and the files of ``folder`` on 127.0.0.1, on a free port."""
 
-    def __init__(self, files: dict[str, bytes] | None = None, folder: Path | None = None):
+    def __init__(self, files: dict[str, bytes] | None = None, folder: Path | None = None,
+                 credentials: tuple[str, str] | None = None):
         self.files = dict(files or {})
+        self.authorization = None if credentials is None else \
+            "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
         if folder is not None:
             self.add_folder(folder)
         self.hits: Counter[str] = Counter()  # requests received, per path

@@ -158,6 +158,13 @@ def make_project(root: Path, data_dir: Path, train: int = 160, test: int = 80) -
     return root
 
 
+def copy_of(project: Path, dest: Path) -> Path:
+    """A copy of a tiny project (git, DVC cache, outputs) without its MLflow store, which holds absolute paths."""
+    shutil.copytree(project, dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("mlflow.db", "mlflow.db.lock", "mlartifacts", "mlruns"))
+    return dest
+
+
 @contextlib.contextmanager
 def server_on_default_host(args: list[str], cwd: Path, ready_path: str, timeout: float = 120, **env: str):
     """Like server_process, but without ``--host``: the server binds wherever it does by default.

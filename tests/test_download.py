@@ -20,7 +20,7 @@ from synthetic import write_aclimdb_tarball, write_keras_files
 from src import download as dl
 from src.download import download, redact_url, resolve_source, safe_extract_reviews
 from src.errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
-from src.params import DataParams
+from src.params import DATA_AUTH_VARIABLE, DataParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = {"connect_timeout": 1.0, "read_timeout": 0.3, "attempts": 3, "backoff": 0.01}
@@ -307,6 +307,56 @@ def test_unreachable_host_fails_fast_with_one_line(downloads, out):
     assert "\n" not in message and "hunter2" not in message
     assert redact_url(url) in message and "data.url" in message and "file://" in message
     assert files_under(downloads) == [] and not out.exists()
+
+
+# --- a server that asks for a password -------------------------------------------------------
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty home folder, so ~/.netrc is only what a test writes; IMDB_DATA_AUTH unset."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.delenv(DATA_AUTH_VARIABLE, raising=False)
+    return home
+
+
+@pytest.mark.parametrize("given", ["environment", "netrc", "environment over netrc", "nowhere"])
+def test_credentials_come_from_the_environment_or_netrc(given, home, tarball, downloads, out, monkeypatch):
+    if "environment" in given:
+        monkeypatch.setenv(DATA_AUTH_VARIABLE, "reader:hunter2")
+    if given == "netrc":
+        (home / ".netrc").write_text("machine 127.0.0.1 login reader password hunter2\n")
+    if given == "environment over netrc":
+        (home / ".netrc").write_text("machine 127.0.0.1 login reader password outdated\n")
+    with FileServer({TARBALL: tarball.read_bytes()}, credentials=("reader", "hunter2")) as server:
+        url = server.url(TARBALL)
+        data = DataParams("aclimdb", url, sha256(tarball))
+        if given == "nowhere":
+            with pytest.raises(DownloadError) as caught:
+                download(data, downloads, out, **FAST)
+            assert str(caught.value) == (f"could not download {url}: HTTP 401 Unauthorized; give the server's user "
+                                         "name and password in ~/.netrc (machine HOST login USER password PASSWORD) "
+                                         f"or IMDB_DATA_AUTH=USER:PASSWORD, or {dl.LOCAL_COPY_HINT}")
+            assert files_under(downloads) == [] and not out.exists()
+        else:
+            assert download(data, downloads, out, **FAST)["url"] == url
+            assert files_under(out) == ["aclImdb/test.jsonl", "aclImdb/train.jsonl", "source.json"]
+        assert server.hits[TARBALL] == 1
+
+
+@pytest.mark.parametrize("value", ["hunter2", ":hunter2"])
+def test_a_malformed_credentials_variable_is_refused_without_showing_it(value, home, tarball, downloads, out,
+                                                                        monkeypatch):
+    monkeypatch.setenv(DATA_AUTH_VARIABLE, value)
+    with FileServer({TARBALL: tarball.read_bytes()}, credentials=("reader", "hunter2")) as server:
+        with pytest.raises(DownloadError) as caught:
+            download(DataParams("aclimdb", server.url(TARBALL), sha256(tarball)), downloads, out, **FAST)
+        assert server.hits[TARBALL] == 0
+    assert str(caught.value) == ("IMDB_DATA_AUTH: must be USER:PASSWORD (a user name, a colon, the password); "
+                                 "its value is not shown")
+    assert not downloads.exists() and not out.exists()
 
 
 # --- extraction ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 - A .keras file that holds code (a Lambda layer with a Python lambda) is refused, and its code
   never runs: by src.training.load_model, by the raw-text pyfunc model and by its server.
 - `mlflow ui` and `mlflow models serve` listen on loopback only unless told otherwise.
-- No password given in data.url or MLFLOW_TRACKING_URI is printed or written anywhere.
+- A password in data.url is refused before anything records it (DVC writes every param to
+  dvc.lock and its run-cache); given in IMDB_DATA_AUTH or ~/.netrc instead, it is printed and
+  written nowhere. No password in MLFLOW_TRACKING_URI is printed or written anywhere.
 - A tracking server that never answers, or a port nothing listens on, stops the train stage
   within seconds, with one line, before any training.
 """
@@ -21,13 +23,17 @@ import pytest
 import yaml
 
 from src.errors import DataError
+from src.params import DATA_AUTH_VARIABLE
 from conftest import REPO_ROOT
 from http_server import FileServer
 from project import clean_env, dvc, free_port, make_project, make_workspace, server_on_default_host, update_params
 
-SECRET = "s3cret"  # the password every URL in this file carries
+SECRET = "s3cret"  # the password every URL and server in this file asks for
 USERINFO = f"user:{SECRET}"
 TARBALL = "/aclImdb_tiny.tar.gz"
+# What the download stage says of data.url holding them, without them.
+REFUSED = ("error: data.url: must not hold a user name or password (DVC would write them to dvc.lock); put them in "
+           "~/.netrc (machine HOST login USER password PASSWORD) or IMDB_DATA_AUTH=USER:PASSWORD, got ")
 
 
 # --- Keras safe mode -----------------------------------------------------------------------------
@@ -231,26 +237,29 @@ def _one_error_line(result) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("reachable", [True, False], ids=["served", "dead-port"])
-def test_the_download_stage_never_shows_or_writes_the_password(workspace, tmp_path, reachable):
+@pytest.mark.parametrize("given", ["data.url", "environment", "netrc"])
+def test_the_download_stage_never_shows_or_writes_the_password(workspace, tmp_path, given):
     tarball = workspace / TARBALL.lstrip("/")
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    with FileServer({TARBALL: tarball.read_bytes()}) as server:
-        url = server.url(TARBALL, userinfo=USERINFO) if reachable else f"http://{USERINFO}@127.0.0.1:{free_port()}{TARBALL}"
-        params["data"]["url"] = url
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), DATA_AUTH_VARIABLE: USERINFO if given == "environment" else ""}
+    if given == "netrc":
+        (home / ".netrc").write_text(f"machine 127.0.0.1 login user password {SECRET}\n")
+    with FileServer({TARBALL: tarball.read_bytes()}, credentials=("user", SECRET)) as server:
+        params["data"]["url"] = server.url(TARBALL, userinfo=USERINFO if given == "data.url" else "")
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-        result, _ = _stage("download", tmp_path, timeout=120)
-    shown = url.replace(USERINFO, "***")
-    if reachable:
-        assert result.returncode == 0, result.stderr
-        assert json.loads((tmp_path / "data" / "raw" / "source.json").read_text())["url"] == shown
-        assert server.hits[TARBALL] == 1
+        result, _ = _stage("download", tmp_path, timeout=120, **env)
+    if given == "data.url":
+        assert _one_error_line(result) == f"{REFUSED}{server.url(TARBALL, userinfo='***')!r}"
+        assert server.hits[TARBALL] == 0
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["home", "params.yaml"], "the stage wrote something"
     else:
-        line = _one_error_line(result)
-        assert line.startswith(f"error: could not download {shown} "), line
-        assert not (tmp_path / "data" / "raw").exists()
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / "data" / "raw" / "source.json").read_text())["url"] == server.url(TARBALL)
+        assert server.hits[TARBALL] == 1  # the server let it in: it was given the password
     assert SECRET not in result.stdout + result.stderr
-    assert files_holding(tmp_path, SECRET, skip=(tmp_path / "params.yaml",)) == []
+    assert files_holding(tmp_path, SECRET, skip=(tmp_path / "params.yaml", home / ".netrc")) == []
 
 
 def test_params_and_dvc_lock_are_logged_without_the_password(tmp_path, monkeypatch):
@@ -282,39 +291,47 @@ def test_params_and_dvc_lock_are_logged_without_the_password(tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def repro_with_a_password(tmp_path_factory):
-    """A tiny project after a whole `dvc repro` from a password-protected URL: (root, what DVC printed)."""
+    """A tiny project whose data server asks for a password: `dvc repro` with it in data.url, then in IMDB_DATA_AUTH.
+
+    (root, what the first repro printed, what the project held after it, what the second printed)
+    """
     base = tmp_path_factory.mktemp("password")
     root = make_project(base / "project", base / "data")
-    with FileServer({TARBALL: (base / "data" / TARBALL.lstrip("/")).read_bytes()}) as server:
+    with FileServer({TARBALL: (base / "data" / TARBALL.lstrip("/")).read_bytes()}, credentials=("user", SECRET)) as server:
         update_params(root, {"data": {"url": server.url(TARBALL, userinfo=USERINFO)}})
-        result = dvc(root, "repro")
+        refused = dvc(root, "repro", check=False, **{DATA_AUTH_VARIABLE: ""})
+        assert refused.returncode != 0 and server.hits[TARBALL] == 0
+        after_refusal = files_holding(root, SECRET)
+        update_params(root, {"data": {"url": server.url(TARBALL)}})
+        done = dvc(root, "repro", **{DATA_AUTH_VARIABLE: USERINFO})
         assert server.hits[TARBALL] == 1
-    assert "Running stage 'evaluate'" in result.stdout
-    return root, result.stdout + result.stderr
+    assert "Running stage 'evaluate'" in done.stdout
+    return root, refused.stdout + refused.stderr, after_refusal, done.stdout + done.stderr
 
 
-# Where DVC records every param's value: dvc.lock and the run-cache (see the xfail below).
+# Where DVC records every param's value.
 DVC_RECORDS = ("dvc.lock", ".dvc/cache/runs/")
 
 
 @pytest.mark.slow
-def test_dvc_repro_keeps_the_password_out_of_what_it_prints_writes_and_logs(repro_with_a_password):
-    root, output = repro_with_a_password
-    assert SECRET not in output
-    leaks = [name for name in files_holding(root, SECRET, skip=(root / "params.yaml",))
-             if not name.startswith(DVC_RECORDS)]
-    assert leaks == []  # data/raw/source.json, metrics, models/run.json, mlflow.db, mlartifacts/
-    logged = {path.name: path.read_text() for path in (root / "mlartifacts").rglob("*")
-              if path.name in ("params.yaml", "dvc.lock")}
-    assert set(logged) == {"params.yaml", "dvc.lock"}, "both are logged, with the password removed"
-    assert all("http://***@127.0.0.1:" in text for text in logged.values())
+def test_dvc_lock_and_run_cache_hold_no_password(repro_with_a_password):
+    root, refused, after_refusal, _ = repro_with_a_password
+    assert [line for line in refused.splitlines() if line.startswith(f"{REFUSED}'http://***@127.0.0.1:")], refused
+    assert SECRET not in refused
+    assert after_refusal == ["params.yaml"], "the refused repro wrote the password somewhere"
+    run_cache = [path for path in (root / ".dvc" / "cache" / "runs").rglob("*") if path.is_file()]
+    assert run_cache, "the second repro filled the run-cache"
+    assert "127.0.0.1:" in (root / "dvc.lock").read_text(), "dvc.lock records data.url"
+    assert [name for name in files_holding(root, SECRET) if name.startswith(DVC_RECORDS)] == []
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="DVC records data.url, password and all, in dvc.lock and its run-cache")
-def test_dvc_lock_and_run_cache_hold_no_password(repro_with_a_password):
-    root, _ = repro_with_a_password
-    assert [name for name in files_holding(root, SECRET) if name.startswith(DVC_RECORDS)] == []
+def test_dvc_repro_keeps_the_password_out_of_what_it_prints_writes_and_logs(repro_with_a_password):
+    root, _, _, output = repro_with_a_password
+    assert SECRET not in output
+    assert files_holding(root, SECRET) == []  # params.yaml, data/raw/source.json, dvc.lock, .dvc/, mlflow.db, ...
+    logged = [path.name for path in (root / "mlartifacts").rglob("*") if path.name in ("params.yaml", "dvc.lock")]
+    assert sorted(logged) == ["dvc.lock", "params.yaml"], "both are logged (and hold no password: above)"
 
 
 # --- a tracking server that cannot be used stops train before it trains -------------------------

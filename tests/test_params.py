@@ -72,6 +72,31 @@ def test_bad_values_are_named(real_params_dict, key, value, message):
     assert message in str(caught.value)
 
 
+CREDENTIALS_REFUSED = ("data.url: must not hold a user name or password (DVC would write them to dvc.lock); put them "
+                       "in ~/.netrc (machine HOST login USER password PASSWORD) or IMDB_DATA_AUTH=USER:PASSWORD, got ")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://reader:hunter2@example.com/a.tar.gz", "https://***@example.com/a.tar.gz"),
+    ("http://reader@example.com:8080/a.tar.gz", "http://***@example.com:8080/a.tar.gz"),  # a user alone
+    ("https://:hunter2@example.com/a.tar.gz", "https://***@example.com/a.tar.gz"),  # a password alone
+    ("http://reader:hun@ter2@example.com/a.tar.gz", "http://***@example.com/a.tar.gz"),
+    ("file://reader:hunter2@localhost/data/a.tar.gz", "file://***@localhost/data/a.tar.gz"),
+    ("ftp://reader:hunter2@example.com/a.tar.gz", "ftp://***@example.com/a.tar.gz"),  # refused for this first
+])
+def test_a_url_holding_credentials_is_refused_without_showing_them(real_params_dict, url, shown):
+    with pytest.raises(ParamsError) as caught:
+        params_from_dict(_with(real_params_dict, "data.url", url))
+    assert str(caught.value) == f"{CREDENTIALS_REFUSED}{shown!r}"
+    assert "hunter2" not in str(caught.value) and "reader" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["data/me@home/a.tar.gz", "file:///data/me@home/a.tar.gz",
+                                 "https://example.com/files/a@2x.tar.gz", "https://example.com/a.tar.gz?by=me@home"])
+def test_an_at_sign_outside_the_host_part_is_no_credential(real_params_dict, url):
+    assert params_from_dict(_with(real_params_dict, "data.url", url)).data.url == url
+
+
 def test_unknown_key_suggests_the_closest(real_params_dict):
     raw = copy.deepcopy(real_params_dict)
     raw["train"]["epochz"] = 3

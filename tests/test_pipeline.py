@@ -8,11 +8,13 @@ import pytest
 
 from src.params import ALL_KEYS
 
-from project import dvc, update_params
+from project import copy_of, dvc, update_params
+from project import run as run_command
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 2
+STAGES = ("download", "preprocess", "baseline", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +39,11 @@ def run(project, store):
 
 def test_repro_runs_every_stage_and_writes_every_output(project):
     root, output = project
-    for stage in ("download", "preprocess", "baseline", "train", "evaluate"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in output
     for path in ("data/raw/source.json", "data/processed/train.npz", "data/processed/vocab.json",
                  "models/model.keras", "models/run.json", "metrics/preprocess.json", "metrics/baseline.json",
-                 "metrics/evaluate.json", "plots/history.csv", "plots/confusion.csv", "plots/roc.csv",
+                 "metrics/evaluate.json", "timings/baseline.json", "plots/history.csv", "plots/confusion.csv", "plots/roc.csv",
                  "plots/confusion.png", "plots/roc.png", "plots/training_curves.png"):
         assert (root / path).is_file(), path
     assert (root / "mlflow.db").is_file()
@@ -97,6 +99,11 @@ def test_run_holds_per_epoch_test_and_baseline_metrics(project, store, run):
     for key in ("accuracy", "loss", "roc_auc", "precision", "recall", "f1"):
         assert metrics[f"test_{key}"] == pytest.approx(evaluate[key])
         assert metrics[f"baseline_{key}"] == pytest.approx(baseline[key])
+    # the baseline's size and wall time are tags, not metrics beside the models' quality
+    assert sorted(key for key in metrics if key.startswith("baseline_")) == [
+        "baseline_accuracy", "baseline_f1", "baseline_loss", "baseline_precision", "baseline_recall", "baseline_roc_auc"]
+    assert run.data.tags["baseline.train_reviews"] == str(baseline["train_reviews"])
+    assert float(run.data.tags["baseline.seconds"]) == json.loads((root / "timings" / "baseline.json").read_text())["seconds"] > 0
 
 
 def test_run_holds_artifacts_and_tags(store, run):
@@ -147,6 +154,23 @@ def test_changing_only_epochs_reruns_only_train_and_evaluate(project, store):
     runs = store.search_runs([store.get_experiment_by_name("imdb-lstm").experiment_id])
     assert sorted(r.data.params["train.epochs"] for r in runs) == ["1", str(EPOCHS)]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_forced_rerun_with_the_same_params_changes_no_metric(project, tmp_path):
+    root = copy_of(project[0], tmp_path / "copy")
+    run_command(["git", "add", "-A"], root)
+    run_command(["git", "commit", "-q", "-m", "the first run's metrics"], root)
+    first_timing = (root / "timings" / "baseline.json").read_text()
+    again = dvc(root, "repro", "--force")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in again.stdout, stage
+    diff = json.loads(dvc(root, "metrics", "diff", "--all", "--json").stdout)
+    assert sorted(diff) == ["metrics/baseline.json", "metrics/evaluate.json", "metrics/preprocess.json"]
+    changed = {f"{path}:{key}": figures for path, metrics in diff.items() for key, figures in metrics.items()
+               if figures["old"] != figures["new"]}
+    assert changed == {}
+    assert "metrics/evaluate.json:accuracy" in {f"{path}:{key}" for path, metrics in diff.items() for key in metrics}
+    assert (root / "timings" / "baseline.json").read_text() != first_timing, "the wall time is still measured"
 
 
 def test_keras_source_runs_the_data_stages_end_to_end(tmp_path):

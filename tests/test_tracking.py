@@ -1,6 +1,7 @@
 """Where runs go, what they are tagged with, and that a run always ends in a true state."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -300,8 +301,10 @@ def test_runs_are_tagged_with_their_owner_before_they_run(store):
 def test_logged_params_and_tags_hold_no_password(store, tiny_params_dict):
     from src.params import params_from_dict
 
-    tiny_params_dict["data"]["url"] = "https://reader:hunter2@example.com/aclImdb_v1.tar.gz"
+    # params.py refuses such a URL; built around it, the logging still redacts it
     params = params_from_dict(tiny_params_dict)
+    params = dataclasses.replace(params, data=dataclasses.replace(
+        params.data, url="https://reader:hunter2@example.com/aclImdb_v1.tar.gz"))
     experiment_id = tracking.connect("secrets")
     with tracking.tracked_run(experiment_id=experiment_id) as run:
         tracking.log_params(params)
