@@ -28,8 +28,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks import project
-from benchmarks.project import REPO_ROOT, BenchmarkError
+from benchmarks.project import REPO_ROOT
 from src.cli import run_stage
+from src.errors import BenchmarkError
 from src.fileio import write_text
 from src.params import params_from_dict
 

@@ -133,7 +133,7 @@ def test_bad_learning_curve_sizes_are_refused_before_anything_runs(argument, tmp
 
 def test_learning_curve_refuses_sizes_the_split_cannot_give(tmp_path):
     from benchmarks.learning_curve import learning_curve
-    from benchmarks.project import BenchmarkError
+    from src.errors import BenchmarkError
 
     with pytest.raises(BenchmarkError, match="the split leaves 120 training reviews"):
         learning_curve(tmp_path, tmp_path / "logs", {}, [60, 120, 500], all_reviews=120)
