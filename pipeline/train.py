@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from src.cli import run_stage
+from src.memory import check_training_memory
 from src.params import load_params
 
 log = logging.getLogger("imdb_lstm.train")
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
+    check_training_memory(params)  # before TensorFlow loads: params that cannot train stop here
     from src import distribution
 
     task = distribution.cluster_task(params.train)  # a bad TF_CONFIG stops here, before TensorFlow loads

@@ -139,6 +139,14 @@ def test_learning_curve_refuses_sizes_the_split_cannot_give(tmp_path):
         learning_curve(tmp_path, tmp_path / "logs", {}, [60, 120, 500], all_reviews=120)
 
 
+def test_params_whose_training_cannot_fit_are_refused_before_anything_runs(tmp_path):
+    from benchmarks.run import benchmark_params
+    from src.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=r"^preprocess\.maxlen 100000 x train\.batch_size 4096 needs about "):
+        benchmark_params(tmp_path / "tiny.tar.gz", "", ["preprocess.maxlen=100000", "train.batch_size=4096"])
+
+
 def test_lstm_flops_count_every_layer_direction_and_step():
     from benchmarks.flops import forward_flops_per_review, lstm_shapes
 
