@@ -9,7 +9,8 @@ training review) is the last point.
 import logging
 from pathlib import Path
 
-from benchmarks.project import STAGES, BenchmarkError, changed_params, read_outputs, run_stages, write_params
+from benchmarks.project import STAGES, changed_params, read_outputs, run_stages, write_params
+from src.errors import BenchmarkError
 
 log = logging.getLogger("imdb_lstm.benchmarks")
 

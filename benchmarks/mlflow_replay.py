@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     with clock("import_mlflow"):
         import mlflow
 
-        from src import tracking
+        from src.tracking import artifacts, lineage, runs, store
     if args.connect_only:
         with clock("connect"):
-            tracking.connect(params.mlflow.experiment)
+            store.connect(params.mlflow.experiment)
         Path(args.out).write_text(json.dumps(seconds, indent=2) + "\n", encoding="utf-8")
         return
     maxlen = read_vocab_json(Path("data/processed/vocab.json")).maxlen
@@ -54,19 +54,19 @@ def main(argv: list[str] | None = None) -> None:
         history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
 
     with clock("connect"):
-        experiment_id = tracking.connect(params.mlflow.experiment)
+        experiment_id = store.connect(params.mlflow.experiment)
     with clock("start_run"):
-        mlflow.start_run(**tracking.start_run_arguments(experiment_id, params))
+        mlflow.start_run(**runs.start_run_arguments(experiment_id, params))
     try:
         with clock("log_params_and_tags"):
-            tracking.log_params(params)
-            mlflow.set_tags(tracking.run_tags(Path.cwd()))
+            artifacts.log_params(params)
+            mlflow.set_tags(lineage.run_tags(Path.cwd()))
         with clock("log_epoch_metrics"):
             for record in history:
                 mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"},
                                    step=int(record["epoch"]))
         with clock("log_model"):
-            tracking.log_keras_model(model, maxlen)
+            artifacts.log_keras_model(model, maxlen)
         with clock("log_artifacts"):
             for path in ("data/processed/vocab.json", "params.yaml", "plots/history.csv"):
                 mlflow.log_artifact(path)

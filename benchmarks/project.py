@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from src.errors import PipelineError
+from src.errors import BenchmarkError
 
 log = logging.getLogger("imdb_lstm.benchmarks")
 
@@ -23,10 +23,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("src", "pipeline", "benchmarks", "dvc.yaml", "params.yaml", "requirements.txt", "MLproject",
                  "python_env.yaml", ".gitignore", ".dvcignore")
 STAGES = ("download", "preprocess", "baseline", "train", "evaluate")
-
-
-class BenchmarkError(PipelineError):
-    """A command of the benchmark failed, or its input is unusable."""
 
 
 def command_env(**extra: str) -> dict[str, str]:

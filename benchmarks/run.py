@@ -28,8 +28,10 @@ from pathlib import Path
 import yaml
 
 from benchmarks import project
-from benchmarks.project import REPO_ROOT, BenchmarkError
+from benchmarks.project import REPO_ROOT
 from src.cli import run_stage
+from src.errors import BenchmarkError
+from src.memory import check_training_memory
 from src.fileio import write_text
 from src.params import params_from_dict
 
@@ -103,7 +105,7 @@ def benchmark_params(archive: Path, sha256: str, sets: list[str]) -> dict:
         if isinstance(value, (dict, list)) or value is None:
             raise BenchmarkError(f"--set {item}: the value must be a number, true/false or a string")
         raw.setdefault(section, {})[name] = value
-    params_from_dict(raw)  # raises ParamsError naming the bad key
+    check_training_memory(params_from_dict(raw))  # raises ParamsError naming the bad key
     return raw
 
 

@@ -40,10 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
-    from src import tracking
+    from src.tracking import artifacts, runs, store
 
-    tracking.connect(params.mlflow.experiment)
-    run_info = tracking.read_run_info(Path(args.run_info))
+    store.connect(params.mlflow.experiment)
+    run_info = runs.read_run_info(Path(args.run_info))
     baseline = _baseline_record(args.baseline, "metrics")
     baseline_seconds = _baseline_record(args.baseline_timing, "wall time")["seconds"]
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, figure in figures.items():
         evaluation.write_png(figure, plots / name)
 
-    with tracking.tracked_run(**tracking.evaluation_run_arguments(run_info, params)):
+    with runs.tracked_run(**runs.evaluation_run_arguments(run_info, params)):
         mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items()})
         mlflow.log_metrics({f"baseline_{key}": baseline[key] for key in test_metrics})  # the same figures as test_*
         mlflow.set_tags({"baseline.train_reviews": str(baseline["train_reviews"]), "baseline.seconds": str(baseline_seconds)})
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             mlflow.log_artifact(str(plots / name), artifact_path="plots")
         mlflow.log_artifact(args.metrics)
         if Path("dvc.lock").exists():
-            tracking.log_text_artifact("dvc.lock")
+            artifacts.log_text_artifact("dvc.lock")
         from src.serving import log_sentiment_model
 
         info = log_sentiment_model(args.model, str(Path(args.data) / "vocab.json"), params.evaluate.threshold)

@@ -19,6 +19,7 @@ import yaml
 
 from src.cli import run_stage
 from src.errors import ParamsError
+from src.memory import check_training_memory
 from src.params import ModelParams, PretrainParams, TrainParams, params_from_dict
 
 log = logging.getLogger("imdb_lstm.experiment")
@@ -65,14 +66,18 @@ def _typed(key: str, text: str, kind: type):
 
 
 def apply_overrides(raw: dict, overrides: dict[str, str]) -> dict:
-    """params.yaml's dict with ``overrides`` (params.yaml key -> text) applied, then validated."""
+    """params.yaml's dict with ``overrides`` (params.yaml key -> text) applied, then validated.
+
+    Training must fit in memory too: the experiment runs the train stage, which would refuse
+    such params only after the data stages ran.
+    """
     params = params_from_dict(raw)
     changed = copy.deepcopy(raw)
     for key, text in overrides.items():
         section, name = key.split(".")
         kind = type(getattr(getattr(params, section), name))
         changed[section][name] = _typed(key, text, kind)
-    params_from_dict(changed)
+    check_training_memory(params_from_dict(changed))
     return changed
 
 

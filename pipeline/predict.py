@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     reviews = read_reviews(args)
     import mlflow
 
-    from src import tracking
+    from src.redact import redact_url
+    from src.tracking.store import tracking_uri
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     try:
         model = mlflow.pyfunc.load_model(args.model)  # loaded once, for every review
     except mlflow.exceptions.MlflowException as error:
-        raise PipelineError(f"cannot load model {args.model} from {tracking.redact_url(tracking.tracking_uri())}: "
+        raise PipelineError(f"cannot load model {args.model} from {redact_url(tracking_uri())}: "
                             f"{str(error).splitlines()[0]}; run `dvc repro` first") from None
     try:
         predictions = model.predict(reviews)

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from src.cli import run_stage
+from src.memory import check_training_memory
 from src.params import load_params
 
 log = logging.getLogger("imdb_lstm.train")
@@ -33,14 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
+    check_training_memory(params)  # before TensorFlow loads: params that cannot train stop here
     from src import distribution
 
     task = distribution.cluster_task(params.train)  # a bad TF_CONFIG stops here, before TensorFlow loads
     chief = task is None or task.is_chief
     if chief:
-        from src import tracking
+        from src.tracking import store
 
-        experiment_id = tracking.connect(params.mlflow.experiment)  # fails fast, before any training
+        experiment_id = store.connect(params.mlflow.experiment)  # fails fast, before any training
 
     from src.fileio import load_npz
     from src.text import read_vocab_json
@@ -69,12 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow
 
     from src.fileio import write_csv
+    from src.redact import redact_url
+    from src.tracking import artifacts, lineage, runs
     from src.training import save_model
 
-    with tracking.tracked_run(**tracking.start_run_arguments(experiment_id, params)) as run:
-        log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, tracking.redact_url(tracking.tracking_uri()))
-        tracking.log_params(params)
-        mlflow.set_tags({**tracking.run_tags(Path.cwd()), "distribution.replicas": str(distribution.replicas(strategy))})
+    with runs.tracked_run(**runs.start_run_arguments(experiment_id, params)) as run:
+        log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, redact_url(store.tracking_uri()))
+        artifacts.log_params(params)
+        mlflow.set_tags({**lineage.run_tags(Path.cwd()), "distribution.replicas": str(distribution.replicas(strategy))})
 
         def on_epoch(record: dict) -> None:
             log_epoch(f"{task.name} (chief): " if task else "", record)
@@ -84,11 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         log.info("final weights %s", distribution.weights_digest(model.get_weights()))
         save_model(model, args.model)
         write_csv(args.history, history)
-        tracking.log_keras_model(model, encoder.maxlen)
+        artifacts.log_keras_model(model, encoder.maxlen)
         mlflow.log_artifact(str(data / "vocab.json"))
-        tracking.log_text_artifact(args.params)
+        artifacts.log_text_artifact(args.params)
         mlflow.log_artifact(args.history)
-        tracking.write_run_info(Path(args.run_info), run)
+        runs.write_run_info(Path(args.run_info), run)
     log.info("saved %s; MLflow run %s", args.model, run.info.run_id)
 
 

@@ -54,7 +54,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from src.errors import ParamsError, PipelineError
+from src.compat import keras_internals
+from src.errors import DistributionError, ParamsError
 from src.params import Params, TrainParams
 
 log = logging.getLogger("imdb_lstm.distribution")
@@ -63,10 +64,6 @@ TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2
                      '"task": {"type": "worker", "index": 0}}\'')
 _TRAINING_JOBS = ("chief", "worker")
 _ADDRESS = re.compile(r"^(?P<host>\S+):(?P<port>\d{1,5})$")
-
-
-class DistributionError(PipelineError):
-    """TF_CONFIG is missing or wrong, or the workers do not agree."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,20 +272,6 @@ def weights_digest(weights: list[np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _already_built(iterator=None, data_batch=None) -> None:
-    """Stands in for Trainer._maybe_symbolic_build once everything is built."""
-
-
-def _logs_as_vectors(step):
-    """A train/test step whose scalar logs have shape [1], which the strategy can reduce along axis 0."""
-    import tensorflow as tf
-
-    def vector_step(data):
-        return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
-
-    return vector_step
-
-
 @contextlib.contextmanager
 def keras_fit_under(model, strategy, sample_batch):
     """Let Keras 3.15's Model.fit run ``model`` under ``strategy``; nothing to do without one.
@@ -296,29 +279,18 @@ def keras_fit_under(model, strategy, sample_batch):
     1. Model.fit builds the metrics and optimizer from its first batch, reduced over the
        replicas: MultiWorkerMirroredStrategy cannot reduce an (x, y) tuple, and under any
        strategy the batch drawn advances the shuffling by one epoch. Everything is built
-       here instead, in the strategy's scope, from ``sample_batch`` (numpy (x, y)), and
-       that step is skipped: a distributed run sees the batches of ``distribution: none``.
+       beforehand instead, from ``sample_batch`` (numpy (x, y)), and that step is skipped:
+       a distributed run sees the batches of ``distribution: none``.
     2. Under MultiWorkerMirroredStrategy, Keras averages each step's logs over the
        workers along axis 0, which scalars do not have: the steps return them as [1]
        vectors. Epoch logs (what the history records) are read from the metrics
        themselves, summed over every replica, and stay scalars.
 
-    Both use Keras internals (Trainer._symbolic_build, an instance attribute shadowing
-    _maybe_symbolic_build), pinned by requirements.txt and covered by tests/test_distribution.py.
+    Both use Keras internals: src/compat/keras_internals.py.
     """
     if strategy is None:
         yield
         return
-    with strategy.scope():
-        model._symbolic_build(data_batch=sample_batch)
-    shims = {"_maybe_symbolic_build": _already_built}
-    if _is_multi_worker(strategy):
-        shims.update(train_step=_logs_as_vectors(model.train_step), test_step=_logs_as_vectors(model.test_step))
-    for name, shim in shims.items():
-        object.__setattr__(model, name, shim)
-    try:
+    with keras_internals.fit_built_beforehand(model, strategy, sample_batch, logs_as_vectors=_is_multi_worker(strategy)):
         with peers_failing_as_errors(strategy):
             yield
-    finally:
-        for name in shims:
-            object.__delattr__(model, name)

@@ -29,5 +29,24 @@ class OutputError(PipelineError):
     """An output cannot be written: the disk is full, or the place is write-protected."""
 
 
+class TrackingError(PipelineError):
+    """The MLflow tracking store cannot be used."""
+
+
+class DistributionError(PipelineError):
+    """TF_CONFIG is missing or wrong, or the workers do not agree."""
+
+
+class BenchmarkError(PipelineError):
+    """A command of the benchmark failed, or its input is unusable."""
+
+
+class InvalidInput(ValueError):
+    """A request to the served model: its reviews are not a non-empty list of strings of sensible length.
+
+    Not a PipelineError: src.serving turns it into the scoring server's 400 answer.
+    """
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so cleanup (`finally`, run status) still happens."""

@@ -183,10 +183,13 @@ def fused_adam() -> type:
       the second moment takes the square of that sum, as in Adam's paper and in Keras 2.
       Keras 3.15's Adam squares each use's gradient apart (it squares the sparse
       gradient's slices before adding them up), so a frequent word's step is larger.
-    Registered for load_model; built on first use.
+    Registered for load_model; built on first use. Reads Keras' moments through
+    src/compat/keras_internals.py.
     """
     import keras
     import tensorflow as tf
+
+    from src.compat.keras_internals import adam_moments
 
     @keras.saving.register_keras_serializable(package="imdb_lstm")
     class FusedAdam(keras.optimizers.Adam):
@@ -195,12 +198,12 @@ def fused_adam() -> type:
         def update_step(self, gradient, variable, learning_rate):
             if self.amsgrad:
                 return super().update_step(gradient, variable, learning_rate)
-            index = self._get_variable_index(variable)
+            momentum, velocity = adam_moments(self, variable)
             dtype = variable.dtype
             step = tf.cast(self.iterations + 1, dtype)
             beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
             tf.raw_ops.ResourceApplyAdam(
-                var=variable.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
+                var=variable.handle, m=momentum.value.handle, v=velocity.value.handle,
                 beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
                 lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
                 grad=tf.cast(tf.convert_to_tensor(gradient), dtype))  # a sparse gradient is summed per row first

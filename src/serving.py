@@ -19,15 +19,12 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from src import training
+from src.errors import InvalidInput
 
 REGISTERED_NAME = "imdb-sentiment"
 MAX_REVIEW_CHARS = 100_000  # the longest of the 50,000 labelled reviews is about 14,000
 MAX_BATCH = 10_000
 LABELS = ("negative", "positive")
-
-
-class InvalidInput(ValueError):
-    """The request's reviews are not a non-empty list of strings of sensible length."""
 
 
 def reviews_from_input(model_input) -> list[str]:
@@ -110,7 +107,7 @@ def log_sentiment_model(model_path: str, vocab_path: str, threshold: float, regi
     """Log (and register as imdb-sentiment) the raw-text model into the active run."""
     import mlflow
 
-    from src.tracking import pinned_requirements
+    from src.tracking.artifacts import pinned_requirements
 
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():

@@ -133,10 +133,18 @@ def test_bad_learning_curve_sizes_are_refused_before_anything_runs(argument, tmp
 
 def test_learning_curve_refuses_sizes_the_split_cannot_give(tmp_path):
     from benchmarks.learning_curve import learning_curve
-    from benchmarks.project import BenchmarkError
+    from src.errors import BenchmarkError
 
     with pytest.raises(BenchmarkError, match="the split leaves 120 training reviews"):
         learning_curve(tmp_path, tmp_path / "logs", {}, [60, 120, 500], all_reviews=120)
+
+
+def test_params_whose_training_cannot_fit_are_refused_before_anything_runs(tmp_path):
+    from benchmarks.run import benchmark_params
+    from src.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=r"^preprocess\.maxlen 100000 x train\.batch_size 4096 needs about "):
+        benchmark_params(tmp_path / "tiny.tar.gz", "", ["preprocess.maxlen=100000", "train.batch_size=4096"])
 
 
 def test_lstm_flops_count_every_layer_direction_and_step():

@@ -265,7 +265,7 @@ def test_the_download_stage_never_shows_or_writes_the_password(workspace, tmp_pa
 def test_params_and_dvc_lock_are_logged_without_the_password(tmp_path, monkeypatch):
     import mlflow
 
-    from src import tracking
+    from src.tracking.artifacts import log_text_artifact
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -277,8 +277,8 @@ def test_params_and_dvc_lock_are_logged_without_the_password(tmp_path, monkeypat
     plain.write_bytes(b"schema: '2.0'\nstages: {}\n")
     try:
         with mlflow.start_run() as run:
-            tracking.log_text_artifact(with_password)
-            tracking.log_text_artifact(plain)
+            log_text_artifact(with_password)
+            log_text_artifact(plain)
     finally:
         mlflow.set_tracking_uri(None)
     client = mlflow.MlflowClient(uri)

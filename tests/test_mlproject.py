@@ -41,6 +41,12 @@ def test_overrides_are_typed_and_validated(real_params_dict):
             apply_overrides(real_params_dict, override)
 
 
+def test_overrides_whose_training_cannot_fit_are_refused(real_params_dict):
+    """Before `dvc exp run` starts: the train stage would refuse them only after the data stages ran."""
+    with pytest.raises(ParamsError, match=r"^preprocess\.maxlen 100000 x train\.batch_size 4096 needs about "):
+        apply_overrides(real_params_dict, {"preprocess.maxlen": "100000", "train.batch_size": "4096"})
+
+
 def test_dvc_command_sets_each_override_as_yaml():
     command = dvc_command({"train.epochs": 2, "data.url": "", "model.bidirectional": True})
     assert command[1:] == ["-m", "dvc", "exp", "run", "--temp", "-S", "train.epochs=2", "-S", "data.url=''",

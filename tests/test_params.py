@@ -1,7 +1,6 @@
 """params.yaml validation: every bad value is named, with what to do."""
 
 import copy
-import dataclasses
 import os
 import subprocess
 import sys
@@ -11,16 +10,7 @@ import pytest
 import yaml
 
 from src.errors import ParamsError
-from src.params import (
-    ALL_KEYS,
-    GIB,
-    Params,
-    check_training_memory,
-    load_params,
-    machine_memory,
-    params_from_dict,
-    training_memory,
-)
+from src.params import ALL_KEYS, Params, load_params, params_from_dict
 from conftest import REPO_ROOT
 
 
@@ -146,101 +136,3 @@ def test_every_stage_refuses_bad_params_fast_with_one_line(tmp_path, real_params
     assert "Traceback" not in result.stderr
     assert elapsed < 3.0, f"{stage} took {elapsed:.1f}s to refuse bad params"
     assert list(tmp_path.iterdir()) == [bad], "a refused stage must create no output"
-
-
-def _estimate(raw: dict, **changes) -> int:
-    """training_memory's total for ``raw`` with ``changes`` ({"section.key": value}) applied."""
-    for key, value in changes.items():
-        raw = _with(raw, key, value)
-    params = params_from_dict(raw)
-    return training_memory(params.preprocess, params.model, params.train).total
-
-
-@pytest.mark.parametrize(("key", "smaller", "larger"), [
-    ("preprocess.maxlen", 80, 500), ("train.batch_size", 32, 512), ("model.embedding_dim", 32, 256),
-    ("model.units", 32, 256), ("model.layers", 1, 2), ("model.bidirectional", False, True),
-    ("preprocess.num_words", 5000, 100_000),
-])
-def test_memory_estimate_grows_with_each_factor(real_params_dict, key, smaller, larger):
-    assert _estimate(real_params_dict, **{key: larger}) > _estimate(real_params_dict, **{key: smaller})
-
-
-def test_memory_estimate_is_linear_in_maxlen_and_batch(real_params_dict):
-    """Activations scale with batch x maxlen: doubling either doubles them, the rest stays."""
-    params = params_from_dict(real_params_dict)
-    base = training_memory(params.preprocess, params.model, params.train)
-    doubled = training_memory(params.preprocess, params.model, dataclasses.replace(params.train, batch_size=2 * params.train.batch_size))
-    longer = training_memory(dataclasses.replace(params.preprocess, maxlen=2 * params.preprocess.maxlen),
-                             params.model, params.train)
-    assert doubled.activations == longer.activations == 2 * base.activations
-    assert doubled.weights == longer.weights == base.weights
-
-
-def test_memory_estimate_matches_a_hand_count():
-    """One LSTM layer of 4 units on embeddings of 2, 10 words, batch 3 x maxlen 5."""
-    from src.params import ACTIVATION_SAFETY, RUNTIME_BYTES, ModelParams, PreprocessParams, TrainParams
-
-    preprocess = PreprocessParams(num_words=10, maxlen=5, padding="pre", truncating="pre", val_fraction=0.2, seed=0)
-    model = ModelParams(embedding_dim=2, units=4, layers=1, bidirectional=False, dropout=0.0, recurrent_dropout=0.0,
-                        pooling="last", mask_padding=True)
-    train = TrainParams(batch_size=3, epochs=1, optimizer="adam", learning_rate=0.001, early_stopping_patience=0,
-                        seed=0, distribution="none")
-    estimate = training_memory(preprocess, model, train)
-    floats_per_step = 2 + 12 * 4  # input, 8 gate values, 4 states
-    assert estimate.activations == int(3 * 5 * floats_per_step * 4 * ACTIVATION_SAFETY)
-    weights = 10 * 2 + 4 * 4 * (2 + 4 + 1) + 4 + 1  # embedding, LSTM kernel + recurrent kernel + bias, Dense
-    assert estimate.weights == 4 * weights * 4  # weight, gradient, two Adam moments; float32
-    assert estimate.total == estimate.activations + estimate.weights + RUNTIME_BYTES
-
-
-def test_absurd_maxlen_and_batch_are_refused_with_the_numbers(real_params_dict):
-    raw = _with(_with(real_params_dict, "preprocess.maxlen", 100_000), "train.batch_size", 4096)
-    with pytest.raises(ParamsError) as caught:
-        params_from_dict(raw)  # on any machine: it needs terabytes
-    message = str(caught.value)
-    assert message.startswith("preprocess.maxlen 100000 x train.batch_size 4096 needs about ")
-    assert message.endswith(" GiB this machine has; lower one of them")
-    assert f"model.units {real_params_dict['model']['units']}" in message
-
-    params = params_from_dict(real_params_dict)
-    big = dataclasses.replace(params, preprocess=dataclasses.replace(params.preprocess, maxlen=100_000),
-                              train=dataclasses.replace(params.train, batch_size=4096))
-    need = training_memory(big.preprocess, big.model, big.train).total
-    with pytest.raises(ParamsError, match=rf"needs about {need / GIB:,.0f} GiB for training .*"
-                                          r"more than the 8\.0 GiB this machine has; lower one of them"):
-        check_training_memory(big, available=8 * GIB)
-
-
-def test_an_oversized_vocabulary_is_refused_naming_the_weights(real_params_dict):
-    raw = _with(_with(real_params_dict, "preprocess.num_words", 10_000_000), "model.embedding_dim", 4096)
-    with pytest.raises(ParamsError, match=r"^preprocess\.num_words 10000000 x model\.embedding_dim 4096 .*needs about "
-                                          r"[\d,.]+ GiB for the weights and optimizer state alone, more than the "):
-        params_from_dict(raw)
-
-
-def test_defaults_and_seed_configurations_pass_easily(real_params_dict):
-    """Every mix of the seeds' sizes fits in 8 GiB; the committed params in under 3 GiB."""
-    params = params_from_dict(real_params_dict)
-    assert training_memory(params.preprocess, params.model, params.train).total < 3 * GIB
-    for maxlen in (80, 500):
-        for batch_size in (32, 64, 128, 512):
-            for units in (100, 128, 256):
-                changed = dataclasses.replace(
-                    params, preprocess=dataclasses.replace(params.preprocess, maxlen=maxlen),
-                    model=dataclasses.replace(params.model, units=units, bidirectional=False, layers=1),
-                    train=dataclasses.replace(params.train, batch_size=batch_size))
-                check_training_memory(changed, available=8 * GIB)
-
-
-def test_machine_memory_is_the_physical_memory_or_less():
-    memory = machine_memory()
-    assert memory is not None and 256 * 2**20 < memory <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert machine_memory() == memory  # the same answer every time: params checks must not flicker
-
-
-def test_unknown_machine_memory_skips_the_check(real_params_dict, monkeypatch):
-    import src.params
-
-    monkeypatch.setattr(src.params, "machine_memory", lambda: None)
-    raw = _with(_with(real_params_dict, "preprocess.maxlen", 100_000), "train.batch_size", 4096)
-    assert params_from_dict(raw).preprocess.maxlen == 100_000

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import requests
 
-from src.serving import MAX_REVIEW_CHARS, InvalidInput, predictions_frame, reviews_from_input
+from src.errors import InvalidInput
+from src.serving import MAX_REVIEW_CHARS, predictions_frame, reviews_from_input
 from project import clean_env, server_process
 
 

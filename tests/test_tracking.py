@@ -15,14 +15,14 @@ import mlflow
 import pytest
 import yaml
 
-from src import tracking
-from src.errors import Terminated
+from src.errors import Terminated, TrackingError
+from src.tracking import artifacts, dead_runs, lineage, lock_retries, runs, store
 from conftest import REPO_ROOT
 from project import clean_env
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def client(tmp_path, monkeypatch):
     """A fresh SQLite tracking store for this test."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -36,42 +36,42 @@ def store(tmp_path, monkeypatch):
 
 def test_tracking_uri_prefers_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert store.tracking_uri() == "http://127.0.0.1:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
 def test_repository_root_escapes_dvc_temporary_copies(monkeypatch, tmp_path):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
-    assert tracking.repository_root(copy) == tmp_path / "repo"
-    assert tracking.repository_root(tmp_path / "repo") == tmp_path / "repo"
-    assert tracking.repository_root() == REPO_ROOT
+    assert store.repository_root(copy) == tmp_path / "repo"
+    assert store.repository_root(tmp_path / "repo") == tmp_path / "repo"
+    assert store.repository_root() == REPO_ROOT
 
 
 def test_unreachable_server_fails_fast_without_the_password():
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError) as caught:
-        tracking.check_reachable("http://bob:hunter2@127.0.0.1:9/", timeout=5)
+    with pytest.raises(TrackingError) as caught:
+        store.check_reachable("http://bob:hunter2@127.0.0.1:9/", timeout=5)
     assert time.monotonic() - started < 30
     assert "hunter2" not in str(caught.value) and "cannot be reached" in str(caught.value)
 
 
 def test_run_name_reads_like_the_model(tiny_params):
-    assert tracking.run_name(tiny_params.model, tiny_params.train) == f"lstm-u8-e2-lr{tiny_params.train.learning_rate:g}"
+    assert lineage.run_name(tiny_params.model, tiny_params.train) == f"lstm-u8-e2-lr{tiny_params.train.learning_rate:g}"
 
 
 @pytest.mark.parametrize(("raised", "status"), [
     (None, "FINISHED"), (RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (Terminated(), "KILLED"),
 ])
-def test_tracked_run_always_ends(store, raised, status):
-    experiment_id = tracking.connect("statuses")
+def test_tracked_run_always_ends(client, raised, status):
+    experiment_id = store.connect("statuses")
     with pytest.raises(type(raised)) if raised else contextlib.nullcontext():
-        with tracking.tracked_run(experiment_id=experiment_id) as run:
+        with runs.tracked_run(experiment_id=experiment_id) as run:
             if raised:
                 raise raised
-    assert store.get_run(run.info.run_id).info.status == status
+    assert client.get_run(run.info.run_id).info.status == status
     assert mlflow.active_run() is None
 
 
@@ -79,7 +79,7 @@ def test_experiment_artifacts_are_anchored_at_the_repository(tmp_path, monkeypat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     try:
-        experiment_id = tracking.connect("anchored")
+        experiment_id = store.connect("anchored")
         location = mlflow.get_experiment(experiment_id).artifact_location
     finally:
         mlflow.set_tracking_uri(None)
@@ -161,7 +161,7 @@ def test_a_failing_train_marks_the_run_failed_with_a_clear_error(processed, tiny
 def _connect_in_fresh_process(root: str) -> str:
     os.environ["DVC_ROOT"] = root
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return tracking.connect("imdb-lstm")
+    return store.connect("imdb-lstm")
 
 
 def test_stages_starting_at_once_share_a_new_sqlite_store(tmp_path):
@@ -185,13 +185,13 @@ def _log_many_metrics(args: tuple[str, str, int]) -> tuple[str, int]:
 
     uri, name, count = args
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    tracking.SQLITE_BUSY_TIMEOUT_MS = 100  # let locks outlast SQLite's own wait at once, not after 20 s
+    lock_retries.SQLITE_BUSY_TIMEOUT_MS = 100  # let locks outlast SQLite's own wait at once, not after 20 s
     retries = []
     handler = logging.Handler()
     handler.emit = lambda record: retries.append(record) if "is locked" in record.getMessage() else None
     logging.getLogger("imdb_lstm.tracking").addHandler(handler)
-    experiment_id = tracking.connect("writers")
-    with tracking.tracked_run(experiment_id=experiment_id, run_name=name) as run:
+    experiment_id = store.connect("writers")
+    with runs.tracked_run(experiment_id=experiment_id, run_name=name) as run:
         for step in range(count):
             mlflow.log_metrics({"up": step, "down": -step}, step=step)  # as the train stage logs an epoch
     return run.info.run_id, len(retries)
@@ -234,16 +234,16 @@ def test_two_writers_and_a_lock_holder_lose_no_metric(tmp_path):
             assert history == [(step, sign * step) for step in range(steps)], key
 
 
-def test_a_store_locked_for_too_long_is_one_clear_error(store, monkeypatch, tmp_path):
+def test_a_store_locked_for_too_long_is_one_clear_error(client, monkeypatch, tmp_path):
     import sqlite3
 
-    tracking.connect("patience")
-    monkeypatch.setattr(tracking, "SQLITE_BUSY_TIMEOUT_MS", 50)
-    monkeypatch.setattr(tracking, "LOCK_RETRY_SECONDS", 1.0)
+    store.connect("patience")
+    monkeypatch.setattr(lock_retries, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(lock_retries, "LOCK_RETRY_SECONDS", 1.0)
     with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)) as db:
         db.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
-        with pytest.raises(tracking.TrackingError, match="stayed locked by another process for 1 s"):
+        with pytest.raises(TrackingError, match="stayed locked by another process for 1 s"):
             mlflow.MlflowClient().create_experiment("never")
         db.execute("ROLLBACK")
     assert time.monotonic() - started < 10, "gave up after LOCK_RETRY_SECONDS, not after SQLite's 20 s"
@@ -257,11 +257,11 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def test_connect_marks_the_runs_of_dead_processes_killed(store):
+def test_connect_marks_the_runs_of_dead_processes_killed(client):
     import psutil
 
-    experiment_id = tracking.connect("stale")
-    me = tracking.owner_tags()
+    experiment_id = store.connect("stale")
+    me = dead_runs.owner_tags()
     zombie = subprocess.Popen(["true"])  # exits at once, but stays a zombie until waited for
     while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
         time.sleep(0.01)
@@ -273,58 +273,58 @@ def test_connect_marks_the_runs_of_dead_processes_killed(store):
         "other host": {**me, "owner.host": "elsewhere", "owner.pid": str(_dead_pid())},
         "no owner": {},
     }
-    runs = {name: store.create_run(experiment_id, tags=tags, run_name=name).info.run_id for name, tags in owners.items()}
+    run_ids = {name: client.create_run(experiment_id, tags=tags, run_name=name).info.run_id for name, tags in owners.items()}
     try:
-        recovered = tracking.connect("stale") and tracking.recover_dead_runs(experiment_id)
+        recovered = store.connect("stale") and dead_runs.recover_dead_runs(experiment_id)
     finally:
         zombie.wait()
-    statuses = {name: store.get_run(run_id).info.status for name, run_id in runs.items()}
+    statuses = {name: client.get_run(run_id).info.status for name, run_id in run_ids.items()}
     assert statuses == {"dead": "KILLED", "zombie": "KILLED", "reused pid": "KILLED",
                         "alive": "RUNNING", "other host": "RUNNING", "no owner": "RUNNING"}
     assert recovered == [], "connect already recovered them"
-    note = store.get_run(runs["dead"]).data.tags["found_dead"]
+    note = client.get_run(run_ids["dead"]).data.tags["found_dead"]
     assert note.startswith(f"process {owners['dead']['owner.pid']} on {me['owner.host']} died without ending this run")
 
 
-def test_runs_are_tagged_with_their_owner_before_they_run(store):
-    experiment_id = tracking.connect("owners")
-    with tracking.tracked_run(experiment_id=experiment_id) as run:
+def test_runs_are_tagged_with_their_owner_before_they_run(client):
+    experiment_id = store.connect("owners")
+    with runs.tracked_run(experiment_id=experiment_id) as run:
         assert mlflow.get_run(run.info.run_id).data.tags["owner.pid"] == str(os.getpid())
-    store.set_tag(run.info.run_id, "owner.pid", str(_dead_pid()))  # as if a killed process had run it
-    with tracking.tracked_run(run_id=run.info.run_id):  # resumed, as the evaluate stage does
+    client.set_tag(run.info.run_id, "owner.pid", str(_dead_pid()))  # as if a killed process had run it
+    with runs.tracked_run(run_id=run.info.run_id):  # resumed, as the evaluate stage does
         tags = mlflow.get_run(run.info.run_id).data.tags
         assert tags["owner.pid"] == str(os.getpid()) and tags["owner.host"] == socket.gethostname()
-        assert tracking.recover_dead_runs(experiment_id) == []
-    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+        assert dead_runs.recover_dead_runs(experiment_id) == []
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
-def test_logged_params_and_tags_hold_no_password(store, tiny_params_dict):
+def test_logged_params_and_tags_hold_no_password(client, tiny_params_dict):
     from src.params import params_from_dict
 
     # params.py refuses such a URL; built around it, the logging still redacts it
     params = params_from_dict(tiny_params_dict)
     params = dataclasses.replace(params, data=dataclasses.replace(
         params.data, url="https://reader:hunter2@example.com/aclImdb_v1.tar.gz"))
-    experiment_id = tracking.connect("secrets")
-    with tracking.tracked_run(experiment_id=experiment_id) as run:
-        tracking.log_params(params)
-    logged = store.get_run(run.info.run_id).data
+    experiment_id = store.connect("secrets")
+    with runs.tracked_run(experiment_id=experiment_id) as run:
+        artifacts.log_params(params)
+    logged = client.get_run(run.info.run_id).data
     assert logged.params["data.url"] == "https://***@example.com/aclImdb_v1.tar.gz"
     assert not [value for value in [*logged.params.values(), *logged.tags.values()] if "hunter2" in value]
 
 
-def test_a_run_for_another_threshold_is_owned_by_the_evaluating_process(store, tiny_params_dict):
+def test_a_run_for_another_threshold_is_owned_by_the_evaluating_process(client, tiny_params_dict):
     from src.params import params_from_dict
 
-    experiment_id = tracking.connect("thresholds")
-    trained = store.create_run(experiment_id, tags={"owner.host": socket.gethostname(), "owner.pid": str(_dead_pid()),
+    experiment_id = store.connect("thresholds")
+    trained = client.create_run(experiment_id, tags={"owner.host": socket.gethostname(), "owner.pid": str(_dead_pid()),
                                                     "found_dead": "an earlier kill", "git.commit": "abc"})
-    store.log_param(trained.info.run_id, "evaluate.threshold", "0.5")
-    store.set_terminated(trained.info.run_id, "FINISHED")
+    client.log_param(trained.info.run_id, "evaluate.threshold", "0.5")
+    client.set_terminated(trained.info.run_id, "FINISHED")
     tiny_params_dict["evaluate"]["threshold"] = 0.7
-    arguments = tracking.evaluation_run_arguments({"run_id": trained.info.run_id}, params_from_dict(tiny_params_dict))
-    tags = store.get_run(arguments["run_id"]).data.tags
+    arguments = runs.evaluation_run_arguments({"run_id": trained.info.run_id}, params_from_dict(tiny_params_dict))
+    tags = client.get_run(arguments["run_id"]).data.tags
     assert arguments["run_id"] != trained.info.run_id
     assert tags["owner.pid"] == str(os.getpid()) and "found_dead" not in tags
     assert tags["git.commit"] == "abc" and tags["model_run_id"] == trained.info.run_id
-    assert tracking.recover_dead_runs(experiment_id) == []
+    assert dead_runs.recover_dead_runs(experiment_id) == []
