@@ -38,8 +38,12 @@ def curve_point(outputs: dict, train_stage_seconds: float) -> dict:
             "train_stage_seconds": train_stage_seconds}
 
 
-def learning_curve(root: Path, logs: Path, base: dict, sizes: list[int], all_reviews: int) -> list[dict]:
-    """A point per size below ``all_reviews`` (the training reviews the split leaves); params.yaml is restored."""
+def learning_curve(root: Path, logs: Path, base: dict, sizes: list[int], all_reviews: int,
+                   changes: dict | None = None, name: str = "curve") -> list[dict]:
+    """A point per size below ``all_reviews`` (the training reviews the split leaves); params.yaml is restored.
+
+    ``changes`` (params, as for changed_params) apply to every point: the curve without pretraining.
+    """
     too_many = [size for size in sizes if size >= all_reviews]
     if too_many:
         raise BenchmarkError(f"--learning-curve: {', '.join(map(str, too_many))}: the split leaves "
@@ -49,8 +53,8 @@ def learning_curve(root: Path, logs: Path, base: dict, sizes: list[int], all_rev
     try:
         for size in sizes:
             log.info("learning curve: %d training reviews", size)
-            write_params(root, changed_params(base, {"preprocess": {"train_reviews": size}}))
-            stages = run_stages(root, logs / f"curve-{size}", STAGES[1:])
+            write_params(root, changed_params(base, changes or {}, {"preprocess": {"train_reviews": size}}))
+            stages = run_stages(root, logs / f"{name}-{size}", STAGES[1:])
             points.append(curve_point(read_outputs(root), stages["train"]["seconds"]))
     finally:
         write_params(root, base)

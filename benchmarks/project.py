@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # What a clone holds that the pipeline needs; benchmarks/ too, for the MLflow replay.
 PROJECT_FILES = ("src", "pipeline", "benchmarks", "dvc.yaml", "params.yaml", "requirements.txt", "MLproject",
                  "python_env.yaml", ".gitignore", ".dvcignore")
-STAGES = ("download", "preprocess", "baseline", "train", "evaluate")
+STAGES = ("download", "preprocess", "baseline", "pretrain", "train", "evaluate")
 
 
 def command_env(**extra: str) -> dict[str, str]:

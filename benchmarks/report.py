@@ -61,7 +61,7 @@ def _paragraph(*parts: str) -> list[str]:
 
 def to_markdown(report: dict) -> str:
     """A readable summary of ``report``: headline figures first, then one section per topic."""
-    sections = [_summary, _stages, _training, _compute, _accuracy, _learning_curve, _overheads, _seed_one,
+    sections = [_summary, _stages, _training, _compute, _accuracy, _ablation, _learning_curve, _overheads, _seed_one,
                 _machine, _params]
     return "\n".join(line for section in sections for line in section(report))
 
@@ -84,7 +84,7 @@ def _summary(report: dict) -> list[str]:
         ["share of the matmul rate at the LSTM's own shapes", _pct(flops["fraction_of_lstm_shape_peak"])],
         ["test accuracy: LSTM / baseline",
          f"{accuracy['lstm']['accuracy']:.4f} / {accuracy['baseline']['accuracy']:.4f}"],
-        ["pipeline wall time (5 stages)", f"{_n(report['pipeline_seconds'])} s"],
+        [f"pipeline wall time ({len(report['stages'])} stages)", f"{_n(report['pipeline_seconds'])} s"],
         ["largest memory (max RSS)", f"{report['stages'][largest]['max_rss_mib']:.0f} MiB ({largest} stage)"],
         *([["seed one -> the pipeline's choices (same shape): throughput", f"{compare['speedup']:.2f}x"],
            ["seed one -> the LSTM layer alone at that shape (the ceiling)",
@@ -129,17 +129,35 @@ def _accuracy(report: dict) -> list[str]:
         [key, f"{lstm[key]:.4f}", f"{baseline[key]:.4f}" if key in baseline else ""] for key in METRICS])
 
 
+def _ablation(report: dict) -> list[str]:
+    rows = report.get("ablation")
+    if not rows:
+        return []
+    lines = ["## Ablation: what pretraining gives", ""] + _paragraph(
+        "Each row re-runs pretrain, train and evaluate with the pretraining it names, everything else as in the ",
+        "run above (the row marked *default*). Validation accuracy is the kept epoch's (lowest val_loss).")
+    return lines + _table(["variant", "test accuracy", "- baseline", "test ROC AUC", "val accuracy",
+                           "epochs (kept)", "pretrain s", "train s"], [
+        [f"{row['variant']}{' (*default*)' if row['is_default'] else ''}", f"{row['test_accuracy']:.4f}",
+         f"{row['test_accuracy'] - row['baseline_accuracy']:+.4f}", f"{row['test_roc_auc']:.4f}",
+         f"{row['val_accuracy']:.4f}", f"{row['epochs_run']} ({row['kept_epoch']})",
+         f"{row['pretrain_stage_seconds']:.1f}", f"{row['train_stage_seconds']:.1f}"] for row in rows])
+
+
 def _learning_curve(report: dict) -> list[str]:
     points = report.get("learning_curve")
     if not points:
         return []
     lines = ["## Learning curve: test accuracy against training reviews", ""] + _paragraph(
         "Each row trains on that many of the training reviews (`preprocess.train_reviews`; each row's reviews ",
-        "are among the next row's), with the same validation and test reviews and params; the last row is the run above.")
-    return lines + _table(["training reviews", "LSTM", "baseline", "LSTM - baseline", "LSTM epochs (lowest val_loss at)",
-                           "train stage s"], [
-        [f"{point['train_reviews']:,}", f"{point['lstm_accuracy']:.4f}", f"{point['baseline_accuracy']:.4f}",
-         f"{point['lstm_accuracy'] - point['baseline_accuracy']:+.4f}",
+        "are among the next row's), with the same validation and test reviews and params; the last row is the run ",
+        "above. Without pretraining: the same with `pretrain.method: none`.")
+    without = {point["train_reviews"]: point for point in report.get("learning_curve_without_pretraining", [])}
+    return lines + _table(["training reviews", "LSTM", "LSTM without pretraining", "baseline", "LSTM - baseline",
+                           "LSTM epochs (lowest val_loss at)", "train stage s"], [
+        [f"{point['train_reviews']:,}", f"{point['lstm_accuracy']:.4f}",
+         f"{without[point['train_reviews']]['lstm_accuracy']:.4f}" if point["train_reviews"] in without else "n/a",
+         f"{point['baseline_accuracy']:.4f}", f"{point['lstm_accuracy'] - point['baseline_accuracy']:+.4f}",
          f"{point['epochs_run']} ({point['lowest_val_loss_epoch']})", f"{point['train_stage_seconds']:.1f}"]
         for point in points])
 

@@ -37,7 +37,7 @@ from src.params import params_from_dict
 
 log = logging.getLogger("imdb_lstm.benchmarks")
 
-DEV_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "imdb-dev" / "aclImdb_dev.tar.gz"
+DEV_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "imdb-dev" / "aclImdb_dev_v2.tar.gz"
 NOOP_REPRO_LIMIT_SECONDS = 3.0  # `dvc repro` with nothing changed
 MLFLOW_LIMIT_FRACTION = 0.03    # MLflow's share of the train stage
 
@@ -55,8 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-epochs", type=int, default=6,
                         help="most epochs of each comparison run, early stopping after 2 without progress (default 6)")
     parser.add_argument("--learning-curve", metavar="N,N,...",
-                        help="also train on only N of the training reviews, for each N (e.g. 2000,4000,8000): "
-                             "the LSTM's and the baseline's test accuracy against N")
+                        help="also train on only N of the training reviews, for each N (e.g. 2000,4000,8000), "
+                             "with and without pretraining: the LSTM's and the baseline's test accuracy against N")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run pretrain, train and evaluate for each pretraining variant "
+                             "(none, cbow or skipgram, frozen or fine-tuned, without the unlabelled reviews)")
     parser.add_argument("--peak-seconds", type=float, default=1.0,
                         help="seconds per timing of the matmul peak (best of 3 per shape; default 1)")
     parser.add_argument("--noop-runs", type=int, default=3, help="times `dvc repro` is timed with nothing changed")
@@ -140,13 +143,25 @@ def measure(root: Path, logs: Path, params: dict, args: argparse.Namespace) -> d
     }
     figures = {"stages": stages, "pipeline_seconds": pipeline_seconds, "outputs": project.read_outputs(root),
                "overheads": overheads}
+    if args.ablation or args.learning_curve:
+        from benchmarks.ablation import NO_PRETRAINING, VARIANTS, ablation, result_row
+
+        variants = VARIANTS if args.ablation else {name: VARIANTS[name] for name in VARIANTS
+                                                   if VARIANTS[name] is NO_PRETRAINING}
+        rows = ablation(root, logs, params, result_row("this run", figures["outputs"], stages), variants)
+        if args.ablation:
+            figures["ablation"] = rows
     if args.learning_curve:
         from benchmarks.learning_curve import curve_point, learning_curve
 
-        outputs = figures["outputs"]
+        all_reviews = figures["outputs"]["preprocess"]["train"]["reviews"]
         figures["learning_curve"] = [
-            *learning_curve(root, logs, params, args.learning_curve, outputs["preprocess"]["train"]["reviews"]),
-            curve_point(outputs, stages["train"]["seconds"])]
+            *learning_curve(root, logs, params, args.learning_curve, all_reviews),
+            curve_point(figures["outputs"], stages["train"]["seconds"])]
+        without = next(row for row in rows if variants[row["variant"]] is NO_PRETRAINING)
+        figures["learning_curve_without_pretraining"] = [
+            *learning_curve(root, logs, params, args.learning_curve, all_reviews, NO_PRETRAINING, "curve-none"),
+            without["curve_point"]]
     if args.compare_seed_one:
         from benchmarks.compare import compare_seed_one
 

@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["preprocess.num_words=60", "preprocess.maxlen=24", "model.embedding_dim=8", "model.units=8",
         "model.layers=1", "model.bidirectional=false", "model.recurrent_dropout=0.0",
         "train.batch_size=16", "train.epochs=2", "train.early_stopping_patience=0"]
-STAGES = ["download", "preprocess", "baseline", "train", "evaluate"]
+STAGES = ["download", "preprocess", "baseline", "pretrain", "train", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def results(tmp_path_factory) -> tuple[dict, str, Path]:
     archive = write_aclimdb_tarball(base / "aclImdb_tiny.tar.gz", train=160, test=80)
     out = base / "results"
     command = [sys.executable, "-m", "benchmarks.run", "--archive", str(archive), "--out", str(out),
-               "--peak-seconds", "0.05", "--noop-runs", "1", "--learning-curve", "30,60", *[arg for item in TINY for arg in ("--set", item)]]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+               "--peak-seconds", "0.05", "--noop-runs", "1", "--learning-curve", "30,60", "--ablation", *[arg for item in TINY for arg in ("--set", item)]]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "report.json").read_text()), (out / "report.md").read_text(), out
 
@@ -111,6 +111,31 @@ def test_learning_curve_trains_on_nested_subsets_and_ends_with_the_full_run(resu
     assert "## Learning curve" in markdown and "| 30 |" in markdown
     # The project copy's params.yaml was restored: the report's params are the benchmark's own.
     assert report["params"]["preprocess"]["train_reviews"] == 0
+    without = report["learning_curve_without_pretraining"]
+    assert [point["train_reviews"] for point in without] == [30, 60, report["dataset"]["train"]]
+    for size in (30, 60):  # the same reviews, with the embedding left random
+        assert "pretrain none" in (out / "logs" / f"curve-none-{size}" / "pretrain.log").read_text()
+        assert f"train: x ({size}, 24) int32" in (out / "logs" / f"curve-none-{size}" / "preprocess.log").read_text()
+
+
+@pytest.mark.slow
+def test_ablation_runs_each_pretraining_variant_once(results):
+    from benchmarks.ablation import VARIANTS
+
+    report, markdown, out = results
+    rows = {row["variant"]: row for row in report["ablation"]}
+    assert list(rows) == list(VARIANTS)
+    default = [name for name, row in rows.items() if row["is_default"]]
+    assert len(default) == 1 and rows[default[0]]["test_accuracy"] == report["accuracy"]["lstm"]["accuracy"]
+    for number, (name, row) in enumerate(rows.items(), start=1):
+        assert 0 <= row["test_accuracy"] <= 1 and row["pretrain_stage_seconds"] > 0 and row["train_stage_seconds"] > 0
+        logs = out / "logs" / f"ablation-{number}"
+        assert logs.is_dir() != row["is_default"]  # the default is the run itself, not run again
+    assert "pretrain none" in (out / "logs" / "ablation-1" / "pretrain.log").read_text()
+    assert "starts random" in (out / "logs" / "ablation-1" / "train.log").read_text()
+    assert "(frozen)" in (out / "logs" / "ablation-3" / "train.log").read_text()
+    assert "unlabelled_reviews 0" in (out / "logs" / "ablation-5" / "pretrain.log").read_text()
+    assert "## Ablation" in markdown and "(*default*)" in markdown
 
 
 @pytest.mark.parametrize("text,expected", [("8000,2000,4000", [2000, 4000, 8000]), ("500", [500]),

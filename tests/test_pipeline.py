@@ -14,7 +14,7 @@ from project import run as run_command
 pytestmark = pytest.mark.slow
 
 EPOCHS = 2
-STAGES = ("download", "preprocess", "baseline", "train", "evaluate")
+STAGES = ("download", "preprocess", "baseline", "pretrain", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     root, output = project
     for stage in STAGES:
         assert f"Running stage '{stage}'" in output
-    for path in ("data/raw/source.json", "data/processed/train.npz", "data/processed/vocab.json",
+    for path in ("data/raw/source.json", "data/raw/aclImdb/unsup.jsonl", "data/processed/train.npz",
+                 "data/processed/vocab.json", "data/pretrained/word_vectors.npz", "data/pretrained/pretrain.json",
                  "models/model.keras", "models/run.json", "metrics/preprocess.json", "metrics/baseline.json",
                  "metrics/evaluate.json", "timings/baseline.json", "plots/history.csv", "plots/confusion.csv", "plots/roc.csv",
                  "plots/confusion.png", "plots/roc.png", "plots/training_curves.png"):
@@ -85,6 +86,7 @@ def test_one_finished_run_holds_every_param(project, store, run):
     assert params["preprocess.maxlen"] == "24"
     assert params["evaluate.threshold"] == "0.5"
     assert params["data.url"].startswith("file://")
+    assert params["pretrain.method"] == "word2vec" and params["model.freeze_embedding"] == "False"
     assert set(params) == set(ALL_KEYS)  # every key of params.yaml, nothing else
 
 
@@ -116,6 +118,7 @@ def test_run_holds_artifacts_and_tags(store, run):
     assert tags["git.dirty"] in ("true", "false")
     assert tags["dvc.data/processed.md5"].endswith(".dir")
     assert tags["dvc.data/raw.md5"].endswith(".dir")
+    assert tags["dvc.data/pretrained.md5"].endswith(".dir")  # the run names the vectors it started from
 
 
 def test_run_holds_the_keras_and_the_raw_text_models(store, run):
@@ -136,7 +139,9 @@ def test_logged_model_predicts_exactly_what_the_saved_one_does(project, run):
     import keras
 
     from src.fileio import load_npz
+    from src.model import register_custom_layers
 
+    register_custom_layers()  # the model's own layers and optimizer, as any process loading it must
     x = load_npz(root / "data" / "processed" / "test.npz")["x"]
     saved = keras.saving.load_model(root / "models" / "model.keras", compile=False, safe_mode=True)
     logged = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
