@@ -15,19 +15,25 @@ from benchmarks.project import changed_params, read_outputs, run_stages, write_p
 log = logging.getLogger("imdb_lstm.benchmarks")
 
 PRETRAIN_STAGES = ("pretrain", "train", "evaluate")
-NO_PRETRAINING = {"pretrain": {"method": "none"}, "model": {"freeze_embedding": False}}
+NO_PRETRAINING = {"pretrain": {"method": "none", "teacher_reviews": 0}, "model": {"freeze_embedding": False}}
+ALL_UNLABELLED = 50_000  # pretrain.teacher_reviews: every unlabelled review of the official archive
+
+
+def _variant(method: str = "word2vec", algorithm: str = "cbow", teacher: int = ALL_UNLABELLED, unlabelled: bool = True,
+             frozen: bool = False) -> dict:
+    return {"pretrain": {"method": method, "algorithm": algorithm, "teacher_reviews": teacher, "unlabelled": unlabelled},
+            "model": {"freeze_embedding": frozen}}
+
+
 # name -> the params it sets, whatever the benchmark's own run has
 VARIANTS = {
-    "no pretraining (random embedding)": NO_PRETRAINING,
-    "word2vec cbow, fine-tuned": {"pretrain": {"method": "word2vec", "algorithm": "cbow", "unlabelled": True},
-                                  "model": {"freeze_embedding": False}},
-    "word2vec cbow, frozen": {"pretrain": {"method": "word2vec", "algorithm": "cbow", "unlabelled": True},
-                              "model": {"freeze_embedding": True}},
-    "word2vec skipgram, fine-tuned": {"pretrain": {"method": "word2vec", "algorithm": "skipgram", "unlabelled": True},
-                                      "model": {"freeze_embedding": False}},
-    "word2vec cbow, training reviews only": {"pretrain": {"method": "word2vec", "algorithm": "cbow",
-                                                          "unlabelled": False},
-                                             "model": {"freeze_embedding": False}},
+    "no pretraining (random embedding, no teacher)": NO_PRETRAINING,
+    "word2vec cbow, fine-tuned, no teacher": _variant(teacher=0),
+    "teacher only (random embedding)": _variant(method="none"),
+    "word2vec cbow, fine-tuned, teacher": _variant(),
+    "word2vec cbow, frozen, teacher": _variant(frozen=True),
+    "word2vec skipgram, fine-tuned, teacher": _variant(algorithm="skipgram"),
+    "word2vec cbow from the training reviews alone, no teacher": _variant(teacher=0, unlabelled=False),
 }
 
 

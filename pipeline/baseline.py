@@ -31,21 +31,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
     from src.baseline import fit_and_score
-    from src.datasets import load_texts, split_train_val
+    from src.datasets import load_texts, training_part
     from src.fileio import write_json
 
     start = time.perf_counter()
     corpus = load_texts(args.raw)
-    train_idx, _ = split_train_val(corpus.train_labels, params.preprocess.val_fraction, params.preprocess.seed,
-                                  params.preprocess.train_reviews, corpus.train_movies)
-    metrics = fit_and_score([corpus.train_texts[i] for i in train_idx], corpus.train_labels[train_idx],
-                            corpus.test_texts, corpus.test_labels, params.evaluate.threshold)
-    metrics["train_reviews"] = len(train_idx)
+    texts, labels = training_part(corpus, params.preprocess.val_fraction, params.preprocess.seed,
+                                  params.preprocess.train_reviews)
+    metrics = fit_and_score(texts, labels, corpus.test_texts, corpus.test_labels, params.evaluate.threshold)
+    metrics["train_reviews"] = len(texts)
     seconds = round(time.perf_counter() - start, 3)
     write_json(args.metrics, metrics)
     write_json(args.timing, {"seconds": seconds})
     log.info("baseline: test accuracy %.4f, ROC AUC %.4f (%d training reviews, %.1f s)",
-             metrics["accuracy"], metrics["roc_auc"], len(train_idx), seconds)
+             metrics["accuracy"], metrics["roc_auc"], len(texts), seconds)
 
 
 if __name__ == "__main__":

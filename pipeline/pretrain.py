@@ -1,10 +1,11 @@
-"""Pretrain stage: word vectors from the training and unlabelled reviews (see src/pretrain.py).
+"""Pretrain stage: word vectors and teacher labels from the training and unlabelled reviews (see src/pretrain.py).
 
     python -m pipeline.pretrain [--params params.yaml] [--raw data/raw] [--data data/processed]
                                 [--out data/pretrained]
 
-Writes ``--out``/pretrain.json (what was learnt from what) and, unless pretrain.method is
-none, ``--out``/word_vectors.npz (vectors [num_words, model.embedding_dim], known [num_words]).
+Writes ``--out``/pretrain.json (what was learnt from what); with pretrain.method word2vec,
+``--out``/word_vectors.npz (vectors [num_words, model.embedding_dim], known [num_words]); with
+pretrain.teacher_reviews > 0, ``--out``/teacher.npz (x [n, maxlen] ids, y [n] probabilities).
 """
 
 import argparse
@@ -30,24 +31,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
-    from src.datasets import read_unlabelled
+    from src.datasets import load_texts, read_unlabelled, training_part
     from src.fileio import atomic_dir, load_npz, save_npz, write_json
     from src.pretrain import pretrain
     from src.text import read_vocab_json
 
     start = time.perf_counter()
-    data = Path(args.data)
+    data, wanted = Path(args.data), params.pretrain
     encoder = read_vocab_json(data / "vocab.json")
-    train_x = load_npz(data / "train.npz")["x"] if params.pretrain.method != "none" else None
-    unlabelled = read_unlabelled(args.raw) if params.pretrain.method != "none" and params.pretrain.unlabelled else []
-    vectors, summary = pretrain(train_x, unlabelled, encoder, params.model.embedding_dim, params.pretrain)
+    train_x, texts, labels, unlabelled = None, [], None, []
+    if wanted.method != "none" or wanted.teacher_reviews:
+        train_x = load_npz(data / "train.npz")["x"]
+        unlabelled = read_unlabelled(args.raw) if wanted.unlabelled else []
+    if wanted.teacher_reviews and unlabelled:  # the teacher reads the training part's raw text, split as preprocess did
+        texts, labels = training_part(load_texts(args.raw), params.preprocess.val_fraction, params.preprocess.seed,
+                                      params.preprocess.train_reviews)
+    learnt = pretrain(train_x, texts, labels, unlabelled, encoder, params.model.embedding_dim, wanted)
     with atomic_dir(args.out) as tmp:
-        if vectors is not None:
-            save_npz(tmp / "word_vectors.npz", **vectors.to_arrays())
-        write_json(tmp / "pretrain.json", summary)
-    log.info("pretrain %s: %s; wrote %s in %.1f s", params.pretrain.method,
-             ", ".join(f"{key} {value}" for key, value in summary.items() if key != "method") or "nothing to learn",
-             args.out, time.perf_counter() - start)
+        if learnt.word_vectors is not None:
+            save_npz(tmp / "word_vectors.npz", **learnt.word_vectors.to_arrays())
+        if learnt.teacher is not None:
+            save_npz(tmp / "teacher.npz", **learnt.teacher.to_arrays())
+        write_json(tmp / "pretrain.json", learnt.summary)
+    log.info("pretrain %s: %s; wrote %s in %.1f s", wanted.method,
+             ", ".join(f"{key} {value}" for key, value in learnt.summary.items() if key != "method")
+             or "nothing to learn", args.out, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

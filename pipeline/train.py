@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from src.fileio import load_npz
     from src.text import read_vocab_json
 
-    from src.pretrain import load_word_vectors
+    from src.pretrain import load_teacher_labels, load_word_vectors
 
     data = Path(args.data)
     encoder = read_vocab_json(data / "vocab.json")
@@ -58,11 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         log.info("the embedding starts from %d pretrained word vectors (%s)", word_vectors.known.sum(),
                  "frozen" if params.model.freeze_embedding else "fine-tuned")
+    teacher = load_teacher_labels(args.pretrained, encoder.vocabulary.num_words, encoder.maxlen)
+    if teacher is not None:
+        log.info("first one epoch on %d unlabelled reviews labelled by the teacher, then the labelled reviews",
+                 len(teacher.y))
 
     strategy = distribution.start(params, task, splits)  # before any other TensorFlow use; waits for every worker
 
     if not chief:
-        model, _ = fit(params, encoder, splits, word_vectors, strategy,
+        model, _ = fit(params, encoder, splits, (word_vectors, teacher), strategy,
                        on_epoch=lambda record: log_epoch(f"{task.name}: ", record))
         log.info("%s done: final weights %s; the chief saves the model", task.name,
                  distribution.weights_digest(model.get_weights()))
@@ -84,7 +88,12 @@ def main(argv: list[str] | None = None) -> None:
             log_epoch(f"{task.name} (chief): " if task else "", record)
             mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"}, step=record["epoch"])
 
-        model, history = fit(params, encoder, splits, word_vectors, strategy, on_epoch)
+        def on_teacher_epoch(record: dict) -> None:
+            log.info("teacher epoch: loss %.4g on %d reviews, %.1f s", record["teacher_loss"],
+                     record["teacher_reviews"], record["teacher_seconds"])
+            mlflow.log_metrics({"teacher_loss": record["teacher_loss"], "teacher_seconds": record["teacher_seconds"]})
+
+        model, history = fit(params, encoder, splits, (word_vectors, teacher), strategy, on_epoch, on_teacher_epoch)
         log.info("final weights %s", distribution.weights_digest(model.get_weights()))
         save_model(model, args.model)
         write_csv(args.history, history)
@@ -96,12 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     log.info("saved %s; MLflow run %s", args.model, run.info.run_id)
 
 
-def fit(params, encoder, splits, word_vectors, strategy, on_epoch):
+def fit(params, encoder, splits, pretrained, strategy, on_epoch, on_teacher_epoch=None):
+    """Build the model (from the pretrained word vectors, if any) and train it (the teacher's epoch first, if any)."""
     from src.training import new_model, train
 
+    word_vectors, teacher = pretrained
     model = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen, strategy, word_vectors)
     history = train(model, (splits["train"]["x"], splits["train"]["y"]), (splits["val"]["x"], splits["val"]["y"]),
-                    params.train, on_epoch=on_epoch, strategy=strategy)
+                    params.train, on_epoch=on_epoch, strategy=strategy,
+                    teacher_xy=None if teacher is None else (teacher.x, teacher.y), on_teacher_epoch=on_teacher_epoch)
     return model, history
 
 

@@ -347,3 +347,9 @@ def _stratified_head(train: np.ndarray, labels: np.ndarray, count: int) -> np.nd
     keep_positive = min(max(round(count * positive.mean()), 1), count - 1)
     rank = np.where(positive, np.cumsum(positive), np.cumsum(~positive)) - 1  # place among its label's reviews
     return train[rank < np.where(positive, keep_positive, count - keep_positive)]
+
+
+def training_part(corpus: Corpus, val_fraction: float, seed: int, train_reviews: int = 0) -> tuple[list[str], np.ndarray]:
+    """The texts and labels of the training reviews preprocessing keeps (split_train_val's train side), in its order."""
+    train_idx, _ = split_train_val(corpus.train_labels, val_fraction, seed, train_reviews, corpus.train_movies)
+    return [corpus.train_texts[i] for i in train_idx], corpus.train_labels[train_idx]

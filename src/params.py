@@ -94,6 +94,7 @@ class PretrainParams:
     epochs: int = field(metadata=_rule(minimum=1, maximum=1000))
     sample: float = field(metadata=_rule(minimum=0.0, exclusive_maximum=1.0))
     unlabelled: bool = field(metadata=_rule())
+    teacher_reviews: int = field(metadata=_rule(minimum=0, maximum=10_000_000))
     seed: int = field(metadata=_rule(minimum=0, maximum=2**31 - 1))
 
 
@@ -240,6 +241,9 @@ def _load_section(name: str, cls: type, raw: Any) -> Any:
 
 def check_combination(params: Params) -> None:
     """Raise ParamsError for values that are valid alone but not together."""
+    if params.pretrain.teacher_reviews and not params.pretrain.unlabelled:
+        raise ParamsError("pretrain.teacher_reviews > 0 needs pretrain.unlabelled: true (the teacher labels unlabelled "
+                          "reviews); set pretrain.teacher_reviews: 0 to learn from the training reviews alone")
     if params.model.freeze_embedding and params.pretrain.method == "none":
         raise ParamsError("model.freeze_embedding: true needs pretrained vectors (pretrain.method: none leaves the "
                           "embedding random, and a frozen random embedding learns nothing); set one of them differently")

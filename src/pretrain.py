@@ -1,9 +1,17 @@
-"""The pretrain stage's work: word vectors learnt from the training and unlabelled reviews.
+"""The pretrain stage's work: what the unlabelled reviews can teach before training.
 
-Only the training part of the labelled reviews (data/processed/train.npz, after the validation
-split) and the archive's unlabelled reviews (aclImdb/train/unsup) are read: validation and
-test reviews never reach it. The vectors are word2vec's (gensim), one per id of the
-vocabulary; the train stage starts the model's Embedding from them.
+Two things, each optional:
+- word vectors (pretrain.method: word2vec): gensim's word2vec over the training and
+  unlabelled reviews, one vector per id of the vocabulary; the train stage starts the
+  model's Embedding from them.
+- teacher labels (pretrain.teacher_reviews > 0): the baseline's model (TF-IDF + logistic
+  regression, src/baseline.py) fit on the training reviews gives each of that many
+  unlabelled reviews a probability of being positive; the train stage first trains one
+  epoch on those reviews and probabilities (distillation), then on the labelled reviews.
+
+Only the training part of the labelled reviews (after the validation split) and the
+archive's unlabelled reviews (aclImdb/train/unsup) are read: validation and test reviews
+never reach it.
 
 Determinism: gensim's Word2Vec gives the same vectors for the same reviews and params only
 with one worker thread, and a hash of its own (Python's str hash changes between processes),
@@ -24,6 +32,17 @@ log = logging.getLogger("imdb_lstm.pretrain")
 
 ALGORITHMS = {"cbow": 0, "skipgram": 1}  # gensim's sg flag
 NEGATIVE_SAMPLES = 5  # word2vec's default: noise words per context word
+
+
+@dataclass(frozen=True)
+class TeacherLabels:
+    """Unlabelled reviews as the model's input ([n, maxlen] ids) and the teacher's probability that each is positive."""
+
+    x: np.ndarray
+    y: np.ndarray  # float32 in [0, 1]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"x": self.x, "y": self.y}
 
 
 @dataclass(frozen=True)
@@ -74,42 +93,91 @@ def word2vec(reviews: list[np.ndarray], num_words: int, dim: int, params: Pretra
     return WordVectors(vectors, known)
 
 
-def pretrain(train_x: np.ndarray, unlabelled_texts: list[str], encoder: Encoder, dim: int,
-             params: PretrainParams) -> tuple[WordVectors | None, dict]:
-    """Word vectors from the training reviews ``train_x`` and ``unlabelled_texts``, and a summary.
+def teacher_labels(train_texts: list[str], train_labels: np.ndarray, unlabelled_texts: list[str],
+                   encoder: Encoder, count: int, seed: int) -> TeacherLabels:
+    """``count`` unlabelled reviews (a seeded choice; all if fewer), labelled by the baseline fit on the training reviews."""
+    from src.baseline import make_baseline
 
-    None when ``params.method`` is none. With no unlabelled reviews (an archive without
-    train/unsup, Keras' data, or ``params.unlabelled`` false) the training reviews alone are used.
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(unlabelled_texts))[:count])
+    texts = [unlabelled_texts[i] for i in chosen]
+    teacher = make_baseline(seed).fit(list(train_texts), np.asarray(train_labels))
+    probabilities = teacher.predict_proba(texts)[:, 1].astype(np.float32)
+    return TeacherLabels(encoder.encode(texts), probabilities)
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """What the pretrain stage learnt: either part may be None."""
+
+    word_vectors: WordVectors | None
+    teacher: TeacherLabels | None
+    summary: dict
+
+
+def pretrain(train_x: np.ndarray, train_texts: list[str], train_labels: np.ndarray, unlabelled_texts: list[str],
+             encoder: Encoder, dim: int, params: PretrainParams) -> Pretrained:
+    """Word vectors and teacher labels as ``params`` asks, from the training reviews and ``unlabelled_texts``.
+
+    ``train_x`` are the training reviews as preprocessing encoded them, ``train_texts`` and
+    ``train_labels`` the same reviews as raw text. With no unlabelled reviews (an archive
+    without train/unsup, Keras' data, or ``params.unlabelled`` false) word2vec learns from the
+    training reviews alone and there is nothing for a teacher to label; both are said in a log line.
     """
     summary = {"method": params.method}
-    if params.method == "none":
-        return None, summary
-    reviews = review_ids(train_x)
-    unlabelled = encode_unlabelled(unlabelled_texts, encoder) if params.unlabelled else []
-    if params.unlabelled and not unlabelled:
-        log.info("no unlabelled reviews in the data: pretraining learns from the %d training reviews alone",
-                 len(reviews))
-    reviews += unlabelled
-    summary.update(training_reviews=len(train_x), unlabelled_reviews=len(unlabelled),
-                   words=int(sum(map(len, reviews))))
-    vectors = word2vec(reviews, encoder.vocabulary.num_words, dim, params)
-    summary["ids_with_vectors"] = int(vectors.known.sum())
-    return vectors, summary
+    vectors = teacher = None
+    unlabelled = unlabelled_texts if params.unlabelled else []
+    if params.unlabelled and not unlabelled and (params.method != "none" or params.teacher_reviews):
+        log.info("no unlabelled reviews in the data: pretraining learns from the %d training reviews alone"
+                 "%s", len(train_x), ", and no teacher labels are made" if params.teacher_reviews else "")
+    if params.method == "word2vec":
+        reviews = review_ids(train_x) + encode_unlabelled(unlabelled, encoder)
+        summary.update(training_reviews=len(train_x), unlabelled_reviews=len(unlabelled),
+                       words=int(sum(map(len, reviews))))
+        vectors = word2vec(reviews, encoder.vocabulary.num_words, dim, params)
+        summary["ids_with_vectors"] = int(vectors.known.sum())
+    if params.teacher_reviews and unlabelled:
+        teacher = teacher_labels(train_texts, train_labels, unlabelled, encoder, params.teacher_reviews, params.seed)
+        summary.update(teacher_reviews=len(teacher.y), teacher_positive_share=round(float(teacher.y.mean()), 6))
+    return Pretrained(vectors, teacher, summary)
+
+
+def _arrays(folder: str | Path, name: str) -> dict[str, np.ndarray] | None:
+    """The arrays of ``folder``/``name`` (a pretrain stage output), None if the stage did not make it."""
+    from src.errors import DataError
+    from src.fileio import load_npz
+
+    if not Path(folder).is_dir():
+        raise DataError(f"{folder}: not found; run the pretrain stage first")
+    path = Path(folder) / name
+    return load_npz(path) if path.exists() else None
 
 
 def load_word_vectors(folder: str | Path, num_words: int, dim: int) -> WordVectors | None:
     """The pretrain stage's vectors in ``folder``, checked against the model's size; None if it made none."""
     from src.errors import DataError
-    from src.fileio import load_npz
 
     path = Path(folder) / "word_vectors.npz"
-    if not path.exists():
-        if not Path(folder).is_dir():
-            raise DataError(f"{folder}: not found; run the pretrain stage first")
+    arrays = _arrays(folder, path.name)
+    if arrays is None:
         return None
-    arrays = load_npz(path)
     vectors, known = arrays.get("vectors"), arrays.get("known")
     if vectors is None or known is None or vectors.shape != (num_words, dim) or known.shape != (num_words,):
         raise DataError(f"{path}: holds no [{num_words}, {dim}] word vectors for this vocabulary and "
                         "model.embedding_dim; run the pretrain stage again")
     return WordVectors(vectors.astype(np.float32), known.astype(bool))
+
+
+def load_teacher_labels(folder: str | Path, num_words: int, maxlen: int) -> TeacherLabels | None:
+    """The pretrain stage's teacher-labelled reviews in ``folder``, checked; None if it made none."""
+    from src.errors import DataError
+
+    path = Path(folder) / "teacher.npz"
+    arrays = _arrays(folder, path.name)
+    if arrays is None:
+        return None
+    x, y = arrays.get("x"), arrays.get("y")
+    if (x is None or y is None or x.ndim != 2 or x.shape[1] != maxlen or y.shape != (len(x),)
+            or (x.size and (x.min() < 0 or x.max() >= num_words)) or not ((y >= 0) & (y <= 1)).all()):
+        raise DataError(f"{path}: holds no reviews of {maxlen} ids below {num_words} with probabilities in [0, 1]; "
+                        "run the pretrain stage again")
+    return TeacherLabels(x, y.astype(np.float32))

@@ -117,8 +117,13 @@ def new_model(model_params: ModelParams, train_params: TrainParams, num_words: i
 
 def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
           callbacks: Sequence = (), on_epoch: Callable[[dict], None] | None = None,
-          verbose: int | str = 0, strategy=None) -> History:
+          verbose: int | str = 0, strategy=None, teacher_xy: ArrayPair | None = None,
+          on_teacher_epoch: Callable[[dict], None] | None = None) -> History:
     """Fit a compiled model; return one record per epoch, also passed to ``on_epoch`` as it ends.
+
+    With ``teacher_xy`` (reviews and a teacher's probabilities, src/pretrain.py), one epoch on
+    them comes first: its record (teacher_loss, teacher_seconds, teacher_reviews) goes to
+    ``on_teacher_epoch``, not into the history, whose epochs are the labelled reviews'.
 
     With ``params.early_stopping_patience`` > 0, training stops once val_loss has not improved
     for that many epochs, and the weights of the epoch with the lowest val_loss are restored
@@ -136,6 +141,10 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
     check_split("train", x_train, y_train, num_words, maxlen)
     check_split("val", x_val, y_val, num_words, maxlen)
+    if teacher_xy is not None:
+        check_ids("teacher", teacher_xy[0], num_words, maxlen)
+        if teacher_xy[1].shape != (len(teacher_xy[0]),) or not ((teacher_xy[1] >= 0) & (teacher_xy[1] <= 1)).all():
+            raise DataError("teacher: y must hold one probability in [0, 1] per review; re-run the pretrain stage")
 
     history: History = []
     started = [0.0]
@@ -162,6 +171,14 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
         # Length-bucketed batches are counted only by running an epoch, so Keras 3.15 warns at each
         # epoch's end that the input "ran out of data": that end is the epoch's end, nothing is lost.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
+        if teacher_xy is not None:
+            teacher_data, _ = training_data(teacher_xy, val_xy, params)
+            start = time.perf_counter()
+            fitted = model.fit(teacher_data, epochs=1, shuffle=False, verbose=verbose)
+            record = {"teacher_loss": float(fitted.history["loss"][-1]), "teacher_seconds": time.perf_counter() - start,
+                      "teacher_reviews": len(teacher_xy[0])}
+            if on_teacher_epoch is not None:
+                on_teacher_epoch(record)
         model.fit(
             train_data,
             validation_data=val_data,

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from synthetic import write_aclimdb_tarball, write_keras_files
 
+from src import baseline as pretraining_baseline
 from src import pretrain as pretraining
 from src.datasets import read_aclimdb, read_unlabelled, split_train_val
 from src.download import movie_of, safe_extract_reviews
@@ -40,7 +41,7 @@ def records(path: Path) -> list[dict]:
 def test_unlabelled_reviews_and_movies_are_kept_other_members_skipped(tmp_path):
     folder = raw_folder(tmp_path, train=12, test=6, unsup=9, per_movie=3)
     unlabelled = records(folder / "aclImdb" / "unsup.jsonl")
-    assert [r["id"] for r in unlabelled] == sorted(range(9), key=str)  # file-name order
+    assert [r["id"] for r in unlabelled] == sorted(range(9), key=lambda i: f"{i}_0.txt")  # file-name order
     assert {r["label"] for r in unlabelled} == {None} and {r["rating"] for r in unlabelled} == {0}
     train = records(folder / "aclImdb" / "train.jsonl")
     assert all(r["movie"].startswith("tt") for r in train + unlabelled)
@@ -132,14 +133,30 @@ def processed(tmp_path, tiny_params):
     return raw, out
 
 
+def training_reviews(raw: Path, params) -> tuple[list[str], np.ndarray]:
+    from src.datasets import load_texts, training_part
+
+    p = params.preprocess
+    return training_part(load_texts(raw), p.val_fraction, p.seed, p.train_reviews)
+
+
 def test_pretraining_reads_the_training_part_and_the_unlabelled_reviews_only(processed, tiny_params, monkeypatch):
     raw, out = processed
-    seen = []
-    real = pretraining.word2vec
-    monkeypatch.setattr(pretraining, "word2vec", lambda reviews, *args: seen.extend(reviews) or real(reviews, *args))
+    seen, fitted = [], []
+    real_word2vec, real_baseline = pretraining.word2vec, pretraining_baseline.make_baseline
+
+    def spying_baseline(seed):
+        model = real_baseline(seed)
+        fit = model.fit
+        model.fit = lambda texts, labels: fitted.extend(texts) or fit(texts, labels)
+        return model
+
+    monkeypatch.setattr(pretraining, "word2vec", lambda reviews, *args: seen.extend(reviews) or real_word2vec(reviews, *args))
+    monkeypatch.setattr(pretraining_baseline, "make_baseline", spying_baseline)
     encoder = read_vocab_json(out / "vocab.json")
     arrays = {name: np.load(out / f"{name}.npz")["x"] for name in ("train", "val", "test")}
-    vectors, summary = pretraining.pretrain(arrays["train"], read_unlabelled(raw), encoder, 8, tiny_params.pretrain)
+    texts, labels = training_reviews(raw, tiny_params)
+    learnt = pretraining.pretrain(arrays["train"], texts, labels, read_unlabelled(raw), encoder, 8, tiny_params.pretrain)
 
     def as_reviews(rows):
         return Counter(tuple(row[row > START].tolist()) for row in rows)
@@ -147,21 +164,45 @@ def test_pretraining_reads_the_training_part_and_the_unlabelled_reviews_only(pro
     unlabelled = Counter(tuple(ids.tolist()) for ids in pretraining.encode_unlabelled(read_unlabelled(raw), encoder))
     assert Counter(tuple(ids.tolist()) for ids in seen) == as_reviews(arrays["train"]) + unlabelled
     assert not set(map(tuple, seen)) & (set(as_reviews(arrays["val"])) | set(as_reviews(arrays["test"])))
-    assert summary == {"method": "word2vec", "training_reviews": 30, "unlabelled_reviews": 30,
-                       "words": sum(map(len, seen)), "ids_with_vectors": int(vectors.known.sum())}
+    # the teacher fits on the training part's own texts: the same reviews as train.npz, nothing else
+    assert fitted == texts and np.array_equal(encoder.encode(texts), arrays["train"])
+    vectors = learnt.word_vectors
+    assert learnt.summary == {"method": "word2vec", "training_reviews": 30, "unlabelled_reviews": 30,
+                              "words": sum(map(len, seen)), "ids_with_vectors": int(vectors.known.sum()),
+                              "teacher_reviews": 30, "teacher_positive_share": pytest.approx(float(learnt.teacher.y.mean()))}
     assert vectors.vectors.shape == (encoder.vocabulary.num_words, 8) and not vectors.known[0]
     assert np.all(vectors.vectors[~vectors.known] == 0) and np.all(np.abs(vectors.vectors[vectors.known]).sum(1) > 0)
+
+
+def test_teacher_labels_a_seeded_choice_of_unlabelled_reviews(processed, tiny_params):
+    raw, out = processed
+    encoder = read_vocab_json(out / "vocab.json")
+    texts, labels = training_reviews(raw, tiny_params)
+    unlabelled = read_unlabelled(raw)
+    some = pretraining.teacher_labels(texts, labels, unlabelled, encoder, 12, seed=3)
+    again = pretraining.teacher_labels(texts, labels, unlabelled, encoder, 12, seed=3)
+    other = pretraining.teacher_labels(texts, labels, unlabelled, encoder, 12, seed=4)
+    assert some.x.shape == (12, 24) and some.y.dtype == np.float32 and ((some.y > 0) & (some.y < 1)).all()
+    assert np.array_equal(some.x, again.x) and np.array_equal(some.y, again.y) and not np.array_equal(some.x, other.x)
+    rows = {tuple(row) for row in encoder.encode(unlabelled).tolist()}
+    assert {tuple(row) for row in some.x.tolist()} <= rows
+    # the synthetic reviews say their label with their words: a teacher that learnt them agrees with them
+    every = pretraining.teacher_labels(texts, labels, unlabelled, encoder, 1000, seed=3)
+    written = np.array([record["id"] % 2 for record in records(raw / "aclImdb" / "unsup.jsonl")])  # review id's label
+    assert len(every.y) == 30 and np.mean((every.y > 0.5) == written) > 0.8
 
 
 def test_without_unlabelled_reviews_pretraining_uses_the_training_reviews_alone(tmp_path, tiny_params, caplog):
     raw = raw_folder(tmp_path, train=40, test=20, unsup=0)
     out = tmp_path / "processed"
     write_outputs(preprocess(raw, tiny_params.preprocess), out, tmp_path / "preprocess.json")
+    texts, labels = training_reviews(raw, tiny_params)
     with caplog.at_level(logging.INFO, logger="imdb_lstm.pretrain"):
-        _, summary = pretraining.pretrain(np.load(out / "train.npz")["x"], read_unlabelled(raw),
-                                          read_vocab_json(out / "vocab.json"), 8, tiny_params.pretrain)
-    assert summary["unlabelled_reviews"] == 0 and summary["training_reviews"] == 30
-    assert "pretraining learns from the 30 training reviews alone" in caplog.text
+        learnt = pretraining.pretrain(np.load(out / "train.npz")["x"], texts, labels, read_unlabelled(raw),
+                                      read_vocab_json(out / "vocab.json"), 8, tiny_params.pretrain)
+    assert learnt.summary["unlabelled_reviews"] == 0 and learnt.summary["training_reviews"] == 30
+    assert learnt.teacher is None and learnt.word_vectors is not None
+    assert "learns from the 30 training reviews alone, and no teacher labels are made" in caplog.text
 
 
 def run_stage(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str, **env) -> subprocess.CompletedProcess:
@@ -177,7 +218,7 @@ def test_stage_output_is_byte_identical_across_processes(processed, tmp_path, ti
     for name, hash_seed in (("first", "1"), ("second", "2")):
         result = run_stage(tmp_path, raw, out, tiny_params_dict, name, PYTHONHASHSEED=hash_seed)
         assert result.returncode == 0, result.stderr
-    for file in ("word_vectors.npz", "pretrain.json"):
+    for file in ("word_vectors.npz", "teacher.npz", "pretrain.json"):
         assert (tmp_path / "first" / file).read_bytes() == (tmp_path / "second" / file).read_bytes()
     other_seed = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "seed": 7}}
     assert run_stage(tmp_path, raw, out, other_seed, "third").returncode == 0
@@ -186,11 +227,16 @@ def test_stage_output_is_byte_identical_across_processes(processed, tmp_path, ti
 
 def test_stage_with_method_none_writes_no_vectors(processed, tmp_path, tiny_params_dict):
     raw, out = processed
-    params = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "method": "none"}}
+    params = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "method": "none", "teacher_reviews": 0}}
     result = run_stage(tmp_path, raw, out, params, "none")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["pretrain.json"]
     assert pretraining.load_word_vectors(tmp_path / "none", 60, 8) is None
+    assert pretraining.load_teacher_labels(tmp_path / "none", 60, 24) is None
+    params["pretrain"]["teacher_reviews"] = 10  # a teacher without word vectors
+    assert run_stage(tmp_path, raw, out, params, "teacher").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == ["pretrain.json", "teacher.npz"]
+    assert len(pretraining.load_teacher_labels(tmp_path / "teacher", 60, 24).y) == 10
 
 
 def test_keras_data_pretrains_on_the_training_reviews(tmp_path, tiny_params_dict):
@@ -203,6 +249,7 @@ def test_keras_data_pretrains_on_the_training_reviews(tmp_path, tiny_params_dict
     assert result.returncode == 0, result.stderr
     assert "pretraining learns from the 30 training reviews alone" in result.stderr
     assert json.loads((tmp_path / "keras" / "pretrain.json").read_text())["unlabelled_reviews"] == 0
+    assert not (tmp_path / "keras" / "teacher.npz").exists()
 
 
 def test_vectors_of_another_size_are_refused(processed, tmp_path, tiny_params_dict):
@@ -212,6 +259,14 @@ def test_vectors_of_another_size_are_refused(processed, tmp_path, tiny_params_di
         pretraining.load_word_vectors(tmp_path / "vectors", 60, 16)
     with pytest.raises(DataError, match="not found; run the pretrain stage first"):
         pretraining.load_word_vectors(tmp_path / "nowhere", 60, 8)
+
+
+def test_a_teacher_without_unlabelled_reviews_is_refused(tiny_params_dict):
+    params = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "unlabelled": False}}
+    with pytest.raises(ParamsError, match="pretrain.teacher_reviews > 0 needs pretrain.unlabelled: true"):
+        params_from_dict(params)
+    params["pretrain"]["teacher_reviews"] = 0
+    assert params_from_dict(params).pretrain.unlabelled is False
 
 
 def test_freezing_a_random_embedding_is_refused(tiny_params_dict):
@@ -243,5 +298,18 @@ def test_the_embedding_starts_from_the_known_vectors(tiny_params_dict, frozen):
 
     x = rng.integers(0, 60, size=(64, 24)).astype(np.int32)
     y = np.array([label for _, label in make_split(64, 0)], dtype=np.int8)
-    train(model, (x[:48], y[:48]), (x[48:], y[48:]), params.train)
+    teacher_epochs = []
+    history = train(model, (x[:48], y[:48]), (x[48:], y[48:]), params.train,
+                    teacher_xy=(x[:20], rng.random(20).astype(np.float32)), on_teacher_epoch=teacher_epochs.append)
     assert np.array_equal(embedding_layer(model).get_weights()[0], start) == frozen
+    assert [record["teacher_reviews"] for record in teacher_epochs] == [20] and teacher_epochs[0]["teacher_loss"] > 0
+    assert [record["epoch"] for record in history] == [1, 2]  # the labelled epochs only
+
+
+def test_teacher_probabilities_outside_0_1_are_refused(tiny_params):
+    from src.training import new_model, train
+
+    model = new_model(tiny_params.model, tiny_params.train, 60, 24)
+    x, y = np.ones((8, 24), dtype=np.int32), np.array([0, 1] * 4, dtype=np.int8)
+    with pytest.raises(DataError, match=r"teacher: y must hold one probability in \[0, 1\] per review"):
+        train(model, (x, y), (x, y), tiny_params.train, teacher_xy=(x, np.full(8, 1.5, dtype=np.float32)))
