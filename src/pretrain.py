@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from src.params import PretrainParams
-from src.text import PAD, START, Encoder, tokenize
+from src.text import PAD, START, Encoder, pad, tokenize
 
 log = logging.getLogger("imdb_lstm.pretrain")
 
@@ -94,15 +94,21 @@ def word2vec(reviews: list[np.ndarray], num_words: int, dim: int, params: Pretra
 
 
 def teacher_labels(train_texts: list[str], train_labels: np.ndarray, unlabelled_texts: list[str],
-                   encoder: Encoder, count: int, seed: int) -> TeacherLabels:
-    """``count`` unlabelled reviews (a seeded choice; all if fewer), labelled by the baseline fit on the training reviews."""
+                   encoder: Encoder, count: int, seed: int, unlabelled_ids: list[np.ndarray] | None = None) -> TeacherLabels:
+    """``count`` unlabelled reviews (a seeded choice; all if fewer), labelled by the baseline fit on the training reviews.
+
+    ``unlabelled_ids`` (encode_unlabelled's, when already made) spare tokenizing the reviews again.
+    """
     from src.baseline import make_baseline
 
     chosen = np.sort(np.random.default_rng(seed).permutation(len(unlabelled_texts))[:count])
     texts = [unlabelled_texts[i] for i in chosen]
     teacher = make_baseline(seed).fit(list(train_texts), np.asarray(train_labels))
     probabilities = teacher.predict_proba(texts)[:, 1].astype(np.float32)
-    return TeacherLabels(encoder.encode(texts), probabilities)
+    if unlabelled_ids is None:
+        return TeacherLabels(encoder.encode(texts), probabilities)
+    x = pad([[START, *unlabelled_ids[i].tolist()] for i in chosen], encoder.maxlen, encoder.padding, encoder.truncating)
+    return TeacherLabels(x, probabilities)
 
 
 @dataclass(frozen=True)
@@ -129,14 +135,16 @@ def pretrain(train_x: np.ndarray, train_texts: list[str], train_labels: np.ndarr
     if params.unlabelled and not unlabelled and (params.method != "none" or params.teacher_reviews):
         log.info("no unlabelled reviews in the data: pretraining learns from the %d training reviews alone"
                  "%s", len(train_x), ", and no teacher labels are made" if params.teacher_reviews else "")
+    unlabelled_ids = encode_unlabelled(unlabelled, encoder) if unlabelled else []
     if params.method == "word2vec":
-        reviews = review_ids(train_x) + encode_unlabelled(unlabelled, encoder)
+        reviews = review_ids(train_x) + unlabelled_ids
         summary.update(training_reviews=len(train_x), unlabelled_reviews=len(unlabelled),
                        words=int(sum(map(len, reviews))))
         vectors = word2vec(reviews, encoder.vocabulary.num_words, dim, params)
         summary["ids_with_vectors"] = int(vectors.known.sum())
     if params.teacher_reviews and unlabelled:
-        teacher = teacher_labels(train_texts, train_labels, unlabelled, encoder, params.teacher_reviews, params.seed)
+        teacher = teacher_labels(train_texts, train_labels, unlabelled, encoder, params.teacher_reviews, params.seed,
+                                 unlabelled_ids)
         summary.update(teacher_reviews=len(teacher.y), teacher_positive_share=round(float(teacher.y.mean()), 6))
     return Pretrained(vectors, teacher, summary)
 

@@ -186,6 +186,9 @@ def test_teacher_labels_a_seeded_choice_of_unlabelled_reviews(processed, tiny_pa
     assert np.array_equal(some.x, again.x) and np.array_equal(some.y, again.y) and not np.array_equal(some.x, other.x)
     rows = {tuple(row) for row in encoder.encode(unlabelled).tolist()}
     assert {tuple(row) for row in some.x.tolist()} <= rows
+    ids = pretraining.encode_unlabelled(unlabelled, encoder)  # the already tokenized reviews give the same arrays
+    from_ids = pretraining.teacher_labels(texts, labels, unlabelled, encoder, 12, seed=3, unlabelled_ids=ids)
+    assert np.array_equal(from_ids.x, some.x) and np.array_equal(from_ids.y, some.y)
     # the synthetic reviews say their label with their words: a teacher that learnt them agrees with them
     every = pretraining.teacher_labels(texts, labels, unlabelled, encoder, 1000, seed=3)
     written = np.array([record["id"] % 2 for record in records(raw / "aclImdb" / "unsup.jsonl")])  # review id's label
