@@ -79,6 +79,7 @@ def word2vec(reviews: list[np.ndarray], num_words: int, dim: int, params: Pretra
     """
     from gensim.models import Word2Vec
 
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # it logs each second of each epoch at INFO
     sentences = [list(map(str, ids.tolist())) for ids in reviews if len(ids)]
     model = Word2Vec(
         sentences=sentences, vector_size=dim, window=params.window, min_count=1, sg=ALGORITHMS[params.algorithm],
