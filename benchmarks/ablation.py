@@ -19,7 +19,7 @@ NO_PRETRAINING = {"pretrain": {"method": "none", "teacher_reviews": 0}, "model":
 ALL_UNLABELLED = 50_000  # pretrain.teacher_reviews: every unlabelled review of the official archive
 
 
-def _variant(method: str = "word2vec", algorithm: str = "cbow", teacher: int = ALL_UNLABELLED, unlabelled: bool = True,
+def _variant(method: str = "word2vec", algorithm: str = "skipgram", teacher: int = ALL_UNLABELLED, unlabelled: bool = True,
              frozen: bool = False) -> dict:
     return {"pretrain": {"method": method, "algorithm": algorithm, "teacher_reviews": teacher, "unlabelled": unlabelled},
             "model": {"freeze_embedding": frozen}}
@@ -28,12 +28,12 @@ def _variant(method: str = "word2vec", algorithm: str = "cbow", teacher: int = A
 # name -> the params it sets, whatever the benchmark's own run has
 VARIANTS = {
     "no pretraining (random embedding, no teacher)": NO_PRETRAINING,
-    "word2vec cbow, fine-tuned, no teacher": _variant(teacher=0),
+    "word2vec skipgram, fine-tuned, no teacher": _variant(teacher=0),
     "teacher only (random embedding)": _variant(method="none"),
-    "word2vec cbow, fine-tuned, teacher": _variant(),
-    "word2vec cbow, frozen, teacher": _variant(frozen=True),
-    "word2vec skipgram, fine-tuned, teacher": _variant(algorithm="skipgram"),
-    "word2vec cbow from the training reviews alone, no teacher": _variant(teacher=0, unlabelled=False),
+    "word2vec skipgram, fine-tuned, teacher": _variant(),
+    "word2vec skipgram, frozen, teacher": _variant(frozen=True),
+    "word2vec cbow, fine-tuned, teacher": _variant(algorithm="cbow"),
+    "word2vec skipgram from the training reviews alone, no teacher": _variant(teacher=0, unlabelled=False),
 }
 
 

@@ -137,11 +137,11 @@ def test_ablation_runs_each_pretraining_variant_once(results):
     names = list(rows)
     assert "pretrain none: nothing to learn" in stage_log(1, "pretrain") and "starts random" in stage_log(1, "train")
     assert "teacher" not in stage_log(2, "train")
-    alone = names.index("word2vec cbow from the training reviews alone, no teacher") + 1
+    alone = names.index("word2vec skipgram from the training reviews alone, no teacher") + 1
     assert "unlabelled_reviews 0" in stage_log(alone, "pretrain") and "teacher" not in stage_log(alone, "train")
     teacher_only = names.index("teacher only (random embedding)") + 1
     assert "starts random" in stage_log(teacher_only, "train") and "teacher epoch" in stage_log(teacher_only, "train")
-    assert "(frozen)" in stage_log(names.index("word2vec cbow, frozen, teacher") + 1, "train")
+    assert "(frozen)" in stage_log(names.index("word2vec skipgram, frozen, teacher") + 1, "train")
     assert "## Ablation" in markdown and "(*default*)" in markdown
 
 
