@@ -8,11 +8,11 @@ import pytest
 
 from src.params import ALL_KEYS
 
-from project import dvc, update_params
+from project import TINY, dvc, update_params
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
+EPOCHS = TINY["train"]["epochs"]
 
 
 @pytest.fixture(scope="module")

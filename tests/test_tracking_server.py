@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from project import clean_env, dvc, free_port, make_project
+from project import TINY, clean_env, dvc, free_port, make_project
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "scripts" / "tracking-server"
-EPOCHS = 2  # tests/project.py's TINY
+EPOCHS = TINY["train"]["epochs"]
 
 
 def require_postgresql() -> None:
