@@ -17,10 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- pytest-xdist (pytest.ini: -n auto): which tests must run on one worker -----------------------
-# A group of tests runs on one worker; every other test on whichever worker is free. Grouped:
-# the tests of the session's trained_project (a whole `dvc repro`), each module's slow tests (their
-# module-scoped fixtures are whole DVC or MLflow runs), each built once, and the tests a module
-# groups with an xdist_group mark (test_training: the tests reading one cached training).
+# A group of tests runs on one worker; every other test on whichever worker is free. Grouped, so
+# that what they share is built once: the tests of each costly session fixture (trained_project,
+# a whole `dvc repro`; empty_mlflow_db), each module's slow tests (their module-scoped fixtures
+# are whole DVC or MLflow runs), and the tests a module groups with an xdist_group mark
+# (test_training: the tests reading its cached trainings).
 # pytest-xdist's own `--dist loadgroup` cannot do it under pytest 9 (it renames the tests'
 # nodeids, which pytest 9 no longer lets it do), so the workers write the groups to a file that
 # this scheduler of the controller reads.
@@ -30,8 +31,9 @@ GROUPS_FILE = pytest.StashKey[Path]()
 
 def xdist_group(item: pytest.Item) -> str | None:
     """The group ``item`` runs in, or None."""
-    if "trained_project" in item.fixturenames:
-        return "trained_project"
+    for fixture in ("trained_project", "empty_mlflow_db"):
+        if fixture in item.fixturenames:
+            return fixture
     if item.get_closest_marker("slow"):
         return item.module.__name__
     mark = item.get_closest_marker("xdist_group")

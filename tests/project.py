@@ -84,7 +84,7 @@ def _running_server(command: list[str], cwd: Path, url: str, ready_path: str, ti
                 try:
                     if requests.get(url + ready_path, timeout=2).status_code == 200:
                         break
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # not answering yet (a busy machine)
                     pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{command} did not answer {ready_path} on {url} within {timeout:g} s")
