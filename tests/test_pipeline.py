@@ -8,12 +8,12 @@ import pytest
 
 from src.params import ALL_KEYS
 
-from project import copy_of, dvc, update_params
+from project import TINY, copy_of, dvc, update_params
 from project import run as run_command
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
+EPOCHS = TINY["train"]["epochs"]
 STAGES = ("download", "preprocess", "baseline", "train", "evaluate")
 
 
@@ -136,9 +136,11 @@ def test_logged_model_predicts_exactly_what_the_saved_one_does(project, run):
     import keras
 
     from src.fileio import load_npz
+    from src.model import register_custom_layers
 
     x = load_npz(root / "data" / "processed" / "test.npz")["x"]
     saved = keras.saving.load_model(root / "models" / "model.keras", compile=False, safe_mode=True)
+    register_custom_layers()  # the logged model is compiled with FusedAdam: Keras must know the class
     logged = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
     np.testing.assert_array_equal(saved.predict(x, verbose=0), logged.predict(x, verbose=0))
 
