@@ -1,1 +1,1 @@
-"""Benchmarks of the pipeline on real data: `python -m benchmarks.run` (see README.md, "Benchmarks")."""
+"""Benchmarks of the pipeline on real data: `python -m benchmarks.run` (see benchmarks/results/README.md)."""

@@ -19,18 +19,18 @@ SHAPE = {
     "preprocess": {"num_words": 20000, "maxlen": 80},
     "model": {"embedding_dim": 128, "units": 128, "layers": 1, "bidirectional": False},
 }
-# Seed one's other choices (README, "The seed notebooks' configurations").
+# Seed one's other choices (README.md, "Experiments and sweeps": the seed notebooks).
 SEED_ONE = {
     "model": {"dropout": 0.2, "recurrent_dropout": 0.2, "pooling": "last", "mask_padding": False,
               "embedding_dropout": 0.0, "word_dropout": 0.0, "precision": "float32"},
     "train": {"batch_size": 32, "optimizer": "adam", "learning_rate": 0.001, "bucket_by_length": False},
 }
-# What the pipeline chooses for that shape (README, "Measured"): the seed's input dropout, no
+# What the pipeline chooses for that shape (benchmarks/results/README.md): the seed's input dropout, no
 # recurrent dropout (one matrix product a step), batch 1024 at twice the seed's learning rate,
-# no masking (94% of the reviews fill all 80 steps, and with pre-padding the last state follows
-# the last word anyway, as in the seed), so no length buckets either; bfloat16 products where
-# the CPU has bfloat16 units (bfloat16_units). No word dropout: in 4 epochs at this shape it
-# slows learning (test 0.817 without, 0.803 at 0.2, dev data).
+# no masking (nearly every review fills all 80 steps, and with pre-padding the last state
+# follows the last word anyway, as in the seed), so no length buckets either; bfloat16 products
+# where the CPU has bfloat16 units (bfloat16_units). No word dropout: in 4 epochs at this shape
+# it slows learning.
 PIPELINE_FOR_SHAPE = {
     "model": {"dropout": 0.2, "recurrent_dropout": 0.0, "pooling": "last", "mask_padding": False,
               "embedding_dropout": 0.0, "word_dropout": 0.0},

@@ -9,7 +9,8 @@ Runs every stage with `dvc repro --single-item` in a throw-away copy of this rep
 then measures: throughput per epoch, FLOP/s against this machine's measured matmul peak,
 accuracy against the baseline, each stage's time and memory, and the overheads of DVC and
 MLflow; optionally seed one's configuration against the pipeline's, and test accuracy
-against the number of training reviews (the LSTM's and the baseline's). See README.md ("Benchmarks") for what each figure means.
+against the number of training reviews (the LSTM's and the baseline's). What each figure
+means: benchmarks/results/README.md.
 """
 
 import argparse

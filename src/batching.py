@@ -1,10 +1,10 @@
 """Batches of reviews of similar length, each padded only to its longest review (train.bucket_by_length).
 
 A padded review costs as much as a full one: the LSTM steps through every padding position,
-masked or not. With maxlen 400 the dev reviews fill 58% of their rows on average, so grouping
-reviews of similar length into a batch and padding it only to its longest review skips most
-of the padding: an epoch of the default model took 649 reviews/s instead of 394 (2 cores).
-At maxlen 80, where 94% of the reviews fill their row, it gains nothing.
+masked or not. With maxlen 400 most reviews are shorter than their row, so grouping reviews of
+similar length into a batch and padding it only to its longest review skips most of the
+padding, and an epoch of the default model runs markedly faster; at a maxlen that most
+reviews fill (seed one's 80), it gains nothing. The figures: benchmarks/results/README.md.
 
 With mask_padding the model's output does not depend on how much padding a review carries, or
 on which side (tested), so the batches change nothing but which reviews train together. The

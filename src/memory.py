@@ -13,7 +13,7 @@ from src.params import ModelParams, Params, PreprocessParams, TrainParams
 GIB = 2**30
 FLOAT_BYTES = 4  # float32 weights and activations
 ACTIVATION_SAFETY = 1.5  # backward-pass temporaries and allocator slack on top of the kept activations
-RUNTIME_BYTES = 3 * GIB // 4  # Python, TensorFlow, the data: 0.69 GiB measured before the first step
+RUNTIME_BYTES = 3 * GIB // 4  # Python, TensorFlow, the data: above what they took (benchmarks/results/README.md)
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ def training_memory(preprocess: PreprocessParams, model: ModelParams, train: Tra
     Dense) count four times: the weight, its gradient and Adam's two moments. RUNTIME_BYTES
     covers Python, TensorFlow and the arrays. Dropout masks and data size are ignored.
 
-    Measured on this project's 2-core machine (maxlen 500; batch 128 to 512; 1 or 2 layers,
-    bidirectional or not) the estimate is 1.2 to 1.6 times the process' peak memory.
+    Against the process' measured peak memory it errs on the high side (benchmarks/results/README.md).
     ``train.batch_size`` is the global batch: with several workers each one holds only its
     share, so for them this over-estimates.
     """

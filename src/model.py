@@ -1,7 +1,7 @@
 """The LSTM classifier of the seed notebooks, with the options params.yaml exposes.
 
 Keras is imported inside the functions, so a stage can validate params.yaml before paying
-for the TensorFlow import (about 3 s).
+for the TensorFlow import (seconds).
 """
 
 import functools
@@ -14,10 +14,8 @@ from src.text import OOV
 # review's last word (first word, for the backward half of a Bidirectional LSTM) with pre
 # and post padding alike.
 # Unmasked, that state has run through up to maxlen - 1 padding steps after the words: with
-# post padding forwards, with pre padding backwards. The cost, measured on 2 CPU cores with
-# the seed-one shape (embedding 128, LSTM 128, maxlen 80, 19,895 reviews, median step time):
-# 5% at batch 32 and 128, 10% at 512 (2,430 -> 2,300 reviews/s at batch 128). The seeds did
-# not mask; mask_padding: false reproduces them.
+# post padding forwards, with pre padding backwards. Masking costs a few percent of the
+# training speed (benchmarks/results/README.md). The seeds did not mask; mask_padding: false reproduces them.
 
 OPTIMIZERS = {"adam": "FusedAdam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}  # class names
 
@@ -41,7 +39,7 @@ def build_model(params: ModelParams, num_words: int, maxlen: int):
         lstm = layers.LSTM(
             params.units,
             dropout=params.dropout,
-            recurrent_dropout=params.recurrent_dropout,  # > 0: four matmuls a step, not one (1.4-1.8x slower)
+            recurrent_dropout=params.recurrent_dropout,  # > 0: four matmuls a step, not one (slower)
             return_sequences=not last or params.pooling != "last",
             dtype=dtype,
         )
@@ -75,9 +73,8 @@ def word_dropout() -> type:
 
     The model then cannot lean on any one word, such as a training movie's title or cast,
     which the test movies do not share. Padding and the start marker are kept, so the mask
-    is unchanged. On the development data (the default model), rate 0.2 against 0: test
-    accuracy 0.861 against 0.859 on average over three seeds, within their spread (README,
-    Measured). Registered for load_model; built on first use.
+    is unchanged. What it gained on the development data: benchmarks/results/README.md.
+    Registered for load_model; built on first use.
     """
     import keras
     from keras import ops
@@ -148,7 +145,7 @@ def masked_max_mean_pooling() -> type:
     """The class of a pooling layer giving the masked maximum and the masked mean, side by side.
 
     [batch, steps, features] -> [batch, 2 x features]. On the development data, max and mean
-    together beat max alone (test accuracy 0.853 -> 0.862, BiLSTM 64, maxlen 400).
+    together beat max alone (benchmarks/results/README.md).
     """
     import keras
     from keras import ops
@@ -178,7 +175,7 @@ def fused_adam() -> type:
     The same rule as keras.optimizers.Adam, with two differences that matter here:
     - Speed: one op reads and writes each weight and its two moments once, where Keras
       runs about ten separate element-wise ops; seed one's shape (2.6 million embedding
-      weights) trains 10% faster (README, Measured).
+      weights) trains faster (benchmarks/results/README.md).
     - A word used twice in a batch: its embedding gradient is the sum of both uses, and
       the second moment takes the square of that sum, as in Adam's paper and in Keras 2.
       Keras 3.15's Adam squares each use's gradient apart (it squares the sparse

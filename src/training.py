@@ -2,7 +2,7 @@
 
 A History is a plain list with one dict per epoch (see EPOCH_KEYS), so a caller can log each
 epoch to MLflow through ``on_epoch`` and write the list as JSON without touching Keras objects.
-Keras is imported inside the functions (the TensorFlow import takes about 3 s).
+Keras is imported inside the functions (the TensorFlow import takes seconds).
 
 Training under a tf.distribute strategy (``train.distribution``): see src/distribution.py.
 """
@@ -69,8 +69,8 @@ def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     The order depends on the seeds alone (this one and the global one make_deterministic
     sets): each epoch a new one, the same on every worker, as sharding by DATA needs
     (src/distribution.py). Keras' own shuffling of NumPy arrays repeats the first epoch's
-    order in every epoch once a global seed is set (Keras 3.15). Measured: 0.15 s an epoch
-    for 15,916 reviews of 80 tokens; Keras' NumPy pipeline 0.2 s.
+    order in every epoch once a global seed is set (Keras 3.15). It is no slower than Keras'
+    NumPy pipeline (benchmarks/results/README.md).
     """
     import tensorflow as tf
 
@@ -86,7 +86,7 @@ def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams) -
     """model.fit's training data and validation_data: tf.data pipelines, or length-bucketed batches.
 
     With ``params.bucket_by_length`` (src/batching.py) each batch holds reviews of similar length
-    and is padded only to its longest: the default model trains 1.65x faster at maxlen 400.
+    and is padded only to its longest: the default model trains faster at maxlen 400 (benchmarks/results/README.md).
     """
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
     if not params.bucket_by_length:

@@ -12,18 +12,26 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.project import changed_params
 from synthetic import write_aclimdb_tarball
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("src", "pipeline", "dvc.yaml", "params.yaml", "requirements.txt", "MLproject",
                  "python_env.yaml", ".gitignore", ".dvcignore")
 
+# The one tiny config of the tests: params.yaml's sizes shrunk so that a model trains in seconds.
+# conftest.py's tiny_params_dict, the tiny projects below and the benchmark test all apply it.
 TINY = {
-    "preprocess": {"num_words": 60, "maxlen": 24},
+    "preprocess": {"num_words": 60, "maxlen": 24, "val_fraction": 0.25},
     "model": {"embedding_dim": 8, "units": 8, "layers": 1, "bidirectional": False, "dropout": 0.0,
               "recurrent_dropout": 0.0, "pooling": "last", "mask_padding": True, "embedding_dropout": 0.0, "word_dropout": 0.0},
     "train": {"batch_size": 16, "epochs": 2, "early_stopping_patience": 0},
 }
+
+
+def shrunk_params(*changes: dict) -> dict:
+    """params.yaml as committed, shrunk by TINY, then each change ({section: {key: value}}) applied."""
+    return changed_params(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8")), TINY, *changes)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -76,7 +84,7 @@ def _running_server(command: list[str], cwd: Path, url: str, ready_path: str, ti
                 try:
                     if requests.get(url + ready_path, timeout=2).status_code == 200:
                         break
-                except (requests.ConnectionError, requests.Timeout):  # not up yet, or too busy to answer yet
+                except (requests.ConnectionError, requests.Timeout):  # not answering yet (a busy machine)
                     pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{command} did not answer {ready_path} on {url} within {timeout:g} s")
@@ -110,10 +118,7 @@ def dvc(cwd: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def update_params(root: Path, changes: dict) -> None:
     path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(changed_params(yaml.safe_load(path.read_text()), changes), sort_keys=False))
 
 
 def make_workspace(folder: Path, tarball_name: str = "aclImdb_tiny.tar.gz") -> Path:
@@ -125,11 +130,8 @@ def make_workspace(folder: Path, tarball_name: str = "aclImdb_tiny.tar.gz") -> P
     from src.preprocess import preprocess, write_outputs
 
     tarball = write_aclimdb_tarball(folder / tarball_name, train=120, test=40)
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["data"].update(url=str(tarball), sha256=hashlib.sha256(tarball.read_bytes()).hexdigest())
-    raw["preprocess"].update(num_words=60, maxlen=24, val_fraction=0.25)
-    raw["model"].update(TINY["model"])
-    raw["train"].update(batch_size=16, epochs=1, early_stopping_patience=0)
+    raw = shrunk_params({"data": {"url": str(tarball), "sha256": hashlib.sha256(tarball.read_bytes()).hexdigest()},
+                        "train": {"epochs": 1}})
     (folder / "params.yaml").write_text(yaml.safe_dump(raw))
     safe_extract_reviews(tarball, folder / "raw")
     (folder / "raw" / "source.json").write_text(json.dumps({"source": "aclimdb"}))

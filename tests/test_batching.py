@@ -84,18 +84,3 @@ def test_a_masked_lstm_gives_the_same_output_on_bucketed_batches(padding):
     for batch_x, batch_y in length_bucketed_dataset(x, y, 2, seed=0).as_numpy_iterator():
         np.testing.assert_allclose(model.predict(batch_x, verbose=0), full[batch_y.astype(int)], rtol=1e-5, atol=1e-6)
 
-
-def test_bucketed_training_learns_and_is_reproducible(tiny_params):
-    """train() with bucket_by_length: the same seed gives the same weights, and the model learns."""
-    import dataclasses
-
-    from test_training import assert_same_weights, fit_tiny
-
-    bucketed = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, bucket_by_length=True))
-    model_a, history_a = fit_tiny(bucketed, seed=7)
-    model_b, _ = fit_tiny(bucketed, seed=7)
-    assert_same_weights(model_a.get_weights(), model_b.get_weights())
-    assert history_a[-1]["val_accuracy"] > 0.8
-    assert history_a[-1]["loss"] < history_a[0]["loss"]
-    unbucketed, _ = fit_tiny(tiny_params, seed=7)
-    assert any(not np.array_equal(a, b) for a, b in zip(model_a.get_weights(), unbucketed.get_weights()))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from project import TINY
 from synthetic import write_aclimdb_tarball
 
 from src.params import params_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = ["preprocess.num_words=60", "preprocess.maxlen=24", "model.embedding_dim=8", "model.units=8",
-        "model.layers=1", "model.bidirectional=false", "model.recurrent_dropout=0.0",
-        "train.batch_size=16", "train.epochs=2", "train.early_stopping_patience=0"]
+TINY_SETS = [arg for section, values in TINY.items() for key, value in values.items()
+             for arg in ("--set", f"{section}.{key}={value}")]
 STAGES = ["download", "preprocess", "baseline", "pretrain", "train", "evaluate"]
 
 
@@ -24,7 +24,7 @@ def results(tmp_path_factory) -> tuple[dict, str, Path]:
     archive = write_aclimdb_tarball(base / "aclImdb_tiny.tar.gz", train=160, test=80)
     out = base / "results"
     command = [sys.executable, "-m", "benchmarks.run", "--archive", str(archive), "--out", str(out),
-               "--peak-seconds", "0.05", "--noop-runs", "1", "--learning-curve", "30", "--ablation", *[arg for item in TINY for arg in ("--set", item)]]
+               "--peak-seconds", "0.05", "--noop-runs", "1", "--learning-curve", "30", "--ablation", *TINY_SETS]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "report.json").read_text()), (out / "report.md").read_text(), out

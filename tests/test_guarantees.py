@@ -262,13 +262,13 @@ def test_the_download_stage_never_shows_or_writes_the_password(workspace, tmp_pa
     assert files_holding(tmp_path, SECRET, skip=(tmp_path / "params.yaml", home / ".netrc")) == []
 
 
-def test_params_and_dvc_lock_are_logged_without_the_password(tmp_path, monkeypatch):
+def test_params_and_dvc_lock_are_logged_without_the_password(tmp_path, monkeypatch, mlflow_db):
     import mlflow
 
     from src.tracking.artifacts import log_text_artifact
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{mlflow_db}"
     mlflow.set_tracking_uri(uri)
     with_password = tmp_path / "params.yaml"
     with_password.write_text(f"data:\n  url: 'https://{USERINFO}@example.com/a.tar.gz'\n  sha256: ''\n")

@@ -8,12 +8,12 @@ import pytest
 
 from src.params import ALL_KEYS
 
-from project import copy_of, dvc, update_params
+from project import TINY, copy_of, dvc, update_params
 from project import run as run_command
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
+EPOCHS = TINY["train"]["epochs"]
 STAGES = ("download", "preprocess", "baseline", "pretrain", "train", "evaluate")
 
 

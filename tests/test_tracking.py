@@ -22,9 +22,9 @@ from project import clean_env
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
-    """A fresh SQLite tracking store for this test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def client(mlflow_db, monkeypatch):
+    """A SQLite tracking store of this test's own (tmp_path/mlflow.db), its tables made, no experiment in it."""
+    uri = f"sqlite:///{mlflow_db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
@@ -158,6 +158,10 @@ def test_a_failing_train_marks_the_run_failed_with_a_clear_error(processed, tiny
     assert not (processed / "models" / "run.json").exists()
 
 
+def _started() -> None:
+    """Nothing: a pool process unpickling this function has imported this module, MLflow and src.tracking."""
+
+
 def _connect_in_fresh_process(root: str) -> str:
     os.environ["DVC_ROOT"] = root
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -165,16 +169,22 @@ def _connect_in_fresh_process(root: str) -> str:
 
 
 def test_stages_starting_at_once_share_a_new_sqlite_store(tmp_path):
-    """`dvc queue start -j 2`: two trains create the store and the experiment at the same moment."""
+    """`dvc queue start -j 2`: two trains create the store and the experiment at the same moment.
+
+    Four spawned processes (none of this process's MLflow state) connect to a repository with no
+    store yet, all at once, three times. The same four serve every attempt: starting a process and
+    importing MLflow takes seconds, which would otherwise be paid each time and stagger the four.
+    """
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    for attempt in range(3):
-        root = tmp_path / f"repo{attempt}"
-        root.mkdir()
-        with context.Pool(4) as pool:
-            ids = pool.map(_connect_in_fresh_process, [str(root)] * 4)
-        assert len(set(ids)) == 1, "every process finds the one experiment"
+    with context.Pool(4, initializer=_started) as pool:
+        for attempt in range(3):
+            root = tmp_path / f"repo{attempt}"
+            root.mkdir()
+            ids = pool.map(_connect_in_fresh_process, [str(root)] * 4, chunksize=1)
+            assert (root / "mlflow.db").is_file()
+            assert len(set(ids)) == 1, "every process finds the one experiment"
 
 
 # --- several writers on one SQLite store ----------------------------------------------------------

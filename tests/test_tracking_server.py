@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from project import clean_env, dvc, free_port, make_project
+from project import TINY, clean_env, dvc, free_port, make_project
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "scripts" / "tracking-server"
-EPOCHS = 2  # tests/project.py's TINY
+EPOCHS = TINY["train"]["epochs"]
 
 
 def require_postgresql() -> None:
@@ -181,6 +181,7 @@ def test_the_keras_model_is_a_logged_model_on_the_server(project, server, client
     import keras
 
     from src.fileio import load_npz
+    from src.model import register_custom_layers
 
     models = {}
     for output in run.outputs.model_outputs:
@@ -192,6 +193,7 @@ def test_the_keras_model_is_a_logged_model_on_the_server(project, server, client
     assert list(server.folder.glob(f"artifacts/**/{keras_model.model_id}/artifacts/MLmodel")), "not stored on the server"
     x = load_npz(project / "data" / "processed" / "test.npz")["x"]
     saved = keras.saving.load_model(project / "models" / "model.keras", compile=False, safe_mode=True)
+    register_custom_layers()  # the logged model is compiled with FusedAdam: Keras must know the class
     served = mlflow.keras.load_model(f"models:/{keras_model.model_id}")
     np.testing.assert_array_equal(served.predict(x, verbose=0), saved.predict(x, verbose=0))
 

@@ -7,12 +7,15 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import pytest
+from project import TINY
 from synthetic import keras_word_index, make_split
 
 from src.errors import DataError
@@ -29,7 +32,7 @@ from src.training import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NUM_WORDS, MAXLEN = 60, 24
+NUM_WORDS, MAXLEN = TINY["preprocess"]["num_words"], TINY["preprocess"]["maxlen"]
 TIMING_KEYS = ("epoch_seconds", "reviews_per_second")
 
 
@@ -59,17 +62,45 @@ def tiny(params, **train_changes):
     return model, dataclasses.replace(params.train, **changes)
 
 
-def fit_tiny(params, seed: int, epochs: int = 3):
-    """Seed, build, compile and train a tiny model on the synthetic reviews."""
+def fit_tiny(params, seed: int, epochs: int = 3, **train_kwargs):
+    """Seed, build, compile and train a tiny model on the synthetic reviews (``train_kwargs``: train's)."""
     model_params, train_params = tiny(params, seed=seed, epochs=epochs)
     make_deterministic(train_params.seed)
     model = build_model(model_params, NUM_WORDS, MAXLEN)
     compile_model(model, train_params)
     train_xy, val_xy = synthetic_data()
-    return model, train(model, train_xy, val_xy, train_params)
+    return model, train(model, train_xy, val_xy, train_params, **train_kwargs)
 
 
-fitted = functools.cache(fit_tiny)  # one training shared by the tests that only read it
+class Fit(NamedTuple):
+    model: object
+    history: list[dict]
+    events: list[str]  # "begin N" as Keras starts epoch N, "record N" as on_epoch gets its record
+    records: list[dict]  # what on_epoch got
+    caught: list[warnings.WarningMessage]  # every warning raised while training
+
+
+# The tests reading fitted() run on one pytest-xdist worker (conftest.py), which trains each run once.
+FITTED = pytest.mark.xdist_group("test_training.fitted")
+
+
+@functools.cache
+def fitted(params, seed: int, bucket_by_length: bool = False) -> Fit:
+    """fit_tiny, once per process, for the tests that only read the training: what it returned,
+    the order in which epochs began and on_epoch got their records, and the warnings raised."""
+    if bucket_by_length:
+        params = dataclasses.replace(params, train=dataclasses.replace(params.train, bucket_by_length=True))
+    events, records = [], []
+    starts = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: events.append(f"begin {epoch + 1}"))
+
+    def on_epoch(record):
+        events.append(f"record {record['epoch']}")
+        records.append(record)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, history = fit_tiny(params, seed, callbacks=[starts], on_epoch=on_epoch)
+    return Fit(model, history, events, records, caught)
 
 
 def without_timing(history):
@@ -89,8 +120,9 @@ def test_make_deterministic_twice_is_harmless():
     assert np.random.random() == first
 
 
+@FITTED
 def test_same_seed_same_weights_and_history_different_seed_different_weights(tiny_params):
-    model_a, history_a = fitted(tiny_params, seed=7)
+    model_a, history_a, *_ = fitted(tiny_params, seed=7)
     model_b, history_b = fit_tiny(tiny_params, seed=7)
     model_c, history_c = fit_tiny(tiny_params, seed=8)
 
@@ -100,6 +132,7 @@ def test_same_seed_same_weights_and_history_different_seed_different_weights(tin
     assert without_timing(history_a) != without_timing(history_c)
 
 
+@FITTED
 def test_a_fresh_process_gives_the_same_weights(tiny_params, tmp_path):
     """The in-process comparison above is no artefact of shared state: a new process agrees."""
     code = ("import json, sys, numpy as np; from src.params import params_from_dict; from test_training import fit_tiny;"
@@ -111,7 +144,7 @@ def test_a_fresh_process_gives_the_same_weights(tiny_params, tmp_path):
     subprocess.run([sys.executable, "-c", code, str(out), json.dumps(dataclasses.asdict(tiny_params))],
                    cwd=REPO_ROOT, env=env, check=True)
 
-    model, _ = fitted(tiny_params, seed=7)
+    model = fitted(tiny_params, seed=7).model
     with np.load(out) as saved:
         assert_same_weights([saved[f"arr_{i}"] for i in range(len(saved.files))], model.get_weights())
 
@@ -146,26 +179,17 @@ def test_new_model_is_seeded_and_compiled(tiny_params):
     assert_same_weights(first.get_weights(), second.get_weights())
 
 
+@FITTED
 def test_model_learns_the_synthetic_reviews(tiny_params):
-    _, history = fitted(tiny_params, seed=7)
+    history = fitted(tiny_params, seed=7).history
     assert history[-1]["val_accuracy"] > 0.8
     assert history[-1]["loss"] < history[0]["loss"]
 
 
+@FITTED
 def test_on_epoch_gets_every_record_as_the_epoch_ends(tiny_params):
-    model_params, train_params = tiny(tiny_params, epochs=3)
-    make_deterministic(0)
-    model = build_model(model_params, NUM_WORDS, MAXLEN)
-    compile_model(model, train_params)
-    (x, y), val_xy = synthetic_data()
-    events, records = [], []
-    starts = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: events.append(f"begin {epoch + 1}"))
-
-    def on_epoch(record):
-        events.append(f"record {record['epoch']}")
-        records.append(record)
-
-    history = train(model, (x, y), val_xy, train_params, callbacks=[starts], on_epoch=on_epoch)
+    _, history, events, records, _ = fitted(tiny_params, seed=7)  # three epochs
+    (x, _), _ = synthetic_data()
 
     assert events == ["begin 1", "record 1", "begin 2", "record 2", "begin 3", "record 3"]
     assert records == history
@@ -202,20 +226,21 @@ def test_bad_arrays_are_refused_before_training(tiny_params):
     (x, y), val_xy = synthetic_data(40, 20)
     too_big = x.copy()
     too_big[0, -1] = NUM_WORDS
-    with pytest.raises(DataError, match=r"train: token ids must lie in \[0, 60\)"):
+    with pytest.raises(DataError, match=rf"train: token ids must lie in \[0, {NUM_WORDS}\)"):
         train(model, (too_big, y), val_xy, train_params)
-    with pytest.raises(DataError, match=r"val: x must be integers of shape \[n, 24\]"):
+    with pytest.raises(DataError, match=rf"val: x must be integers of shape \[n, {MAXLEN}\]"):
         train(model, (x, y), (val_xy[0][:, 1:], val_xy[1]), train_params)
     with pytest.raises(DataError, match="y must have shape"):
         train(model, (x, y[1:]), val_xy, train_params)
     with pytest.raises(DataError, match="labels must be 0 or 1"):
         train(model, (x, y * 2), val_xy, train_params)
-    with pytest.raises(DataError, match=r"x: token ids must lie in \[0, 60\)"):
+    with pytest.raises(DataError, match=rf"x: token ids must lie in \[0, {NUM_WORDS}\)"):
         predict(model, too_big)
 
 
+@FITTED
 def test_save_and_load_predict_identically(tiny_params, tmp_path):
-    model, _ = fitted(tiny_params, seed=7)
+    model = fitted(tiny_params, seed=7).model
     (x, _), _ = synthetic_data()
     path = tmp_path / "models" / "model.keras"
     save_model(model, path)
@@ -268,12 +293,21 @@ def test_load_model_refuses_missing_and_corrupt_files(tiny_params, tmp_path):
         load_model(bad_config)
 
 
+@FITTED
 def test_length_buckets_train_without_keras_running_out_of_data_warnings(tiny_params):
-    import warnings
-
-    bucketed = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, bucket_by_length=True))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _, history = fit_tiny(bucketed, seed=7, epochs=2)
-    assert len(history) == 2
+    _, history, _, _, caught = fitted(tiny_params, seed=7, bucket_by_length=True)
+    assert len(history) == 3
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+@FITTED
+def test_bucketed_training_learns_and_is_reproducible(tiny_params):
+    """train() with bucket_by_length (src/batching.py): the same seed gives the same weights, and the model learns."""
+    model_a, history_a, *_ = fitted(tiny_params, seed=7, bucket_by_length=True)
+    bucketed = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, bucket_by_length=True))
+    model_b, _ = fit_tiny(bucketed, seed=7)
+    assert_same_weights(model_a.get_weights(), model_b.get_weights())
+    assert history_a[-1]["val_accuracy"] > 0.8
+    assert history_a[-1]["loss"] < history_a[0]["loss"]
+    unbucketed = fitted(tiny_params, seed=7).model
+    assert any(not np.array_equal(a, b) for a, b in zip(model_a.get_weights(), unbucketed.get_weights()))
