@@ -342,7 +342,7 @@ def test_credentials_come_from_the_environment_or_netrc(given, home, tarball, do
             assert files_under(downloads) == [] and not out.exists()
         else:
             assert download(data, downloads, out, **FAST)["url"] == url
-            assert files_under(out) == ["aclImdb/test.jsonl", "aclImdb/train.jsonl", "source.json"]
+            assert files_under(out) == ["aclImdb/test.jsonl", "aclImdb/train.jsonl", "aclImdb/unsup.jsonl", "source.json"]
         assert server.hits[TARBALL] == 1
 
 
