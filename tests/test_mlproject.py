@@ -90,3 +90,51 @@ def test_mlflow_run_refuses_a_bad_override_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "error: train.epochs: must be >= 1, got -1" in result.stderr
     assert not (root / "data").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_run_outside_the_pipelines_experiment_stops_before_any_work(tmp_path):
+    """MLproject cannot choose the experiment: without --experiment-name the run would land in Default."""
+    root = make_project(tmp_path / "project", tmp_path / "data")
+    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-P", "epochs=1"], root,
+                 check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: `mlflow run` made its run ")
+    assert errors[0].endswith("in MLflow experiment 'Default', not 'imdb-lstm' (params.yaml mlflow.experiment): "
+                              "run `mlflow run . --experiment-name imdb-lstm ...`")
+    assert not (root / "data").exists(), "no stage ran"
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (made,) = client.search_runs(["0"])
+    assert made.info.status == "FAILED"
+    experiment = client.get_experiment_by_name("imdb-lstm")
+    assert experiment is not None and client.search_runs([experiment.experiment_id]) == []
+
+
+@pytest.mark.slow
+def test_a_run_mlflow_run_abandoned_is_marked_killed_when_the_pipeline_next_connects(tmp_path, monkeypatch):
+    """The default env manager fails to build its environment (here: no pyenv on PATH) and leaves its run RUNNING."""
+    import os
+    from pathlib import Path
+
+    from src.tracking import dead_runs, store
+
+    root = make_project(tmp_path / "project", tmp_path / "data")
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    result = run([sys.executable, "-m", "mlflow", "run", ".", "--experiment-name", "imdb-lstm", "-P", "epochs=1"],
+                 root, check=False, PATH=path)
+    assert result.returncode != 0 and "Could not find the pyenv binary" in result.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (abandoned,) = client.search_runs([client.get_experiment_by_name("imdb-lstm").experiment_id])
+    assert abandoned.info.status == "RUNNING", "what `mlflow run` leaves"
+
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setattr(dead_runs, "mlflow_run_alive_here", lambda: False)  # other sessions' may run on this host
+    try:
+        store.connect("imdb-lstm")  # as the next stage does
+    finally:
+        mlflow.set_tracking_uri(None)
+    found = client.get_run(abandoned.info.run_id)
+    assert found.info.status == "KILLED" and found.data.tags["found_dead"].startswith("`mlflow run` left this run")
