@@ -22,16 +22,13 @@ gives a blank or tiny PNG: look at them.
 import argparse
 import contextlib
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.project import REPO_ROOT, changed_params, command_env, make_project, measured
+from benchmarks.project import REPO_ROOT, changed_params, command_env, free_port, make_project, measured, running_server
 from src.cli import run_stage
 from src.errors import BenchmarkError
 
@@ -73,44 +70,14 @@ def build_small_project(root: Path, archive: Path) -> Path:
     return root
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_ui(project: Path):
     """`mlflow ui` in ``project`` (its mlflow.db) on a free loopback port; yields its URL."""
-    import requests
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)],
-                                   cwd=project, env=command_env(), stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(requests.RequestException):  # not listening yet, or still starting
-                    if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    raise BenchmarkError(f"mlflow ui did not start:\n{output.read().decode(errors='replace')[-2000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:  # the server and its workers
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(command, project, url, "/health", 120, command_env()):
+        yield url
 
 
 def screenshot(url: str, path: Path, size: str) -> None:

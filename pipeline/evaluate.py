@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         client = mlflow.MlflowClient()
         registry.record_version(client, version)
         if registry.ensure_champion(client, version):
-            log.info("logged the raw-text model; registered as %s version %s, its first: now %s", registry.MODEL_NAME,
-                     version, registry.CHAMPION_URI)
+            log.info("logged the raw-text model; registered as %s version %s, which had no champion: now %s",
+                     registry.MODEL_NAME, version, registry.CHAMPION_URI)
         else:
             log.info("logged the raw-text model; registered as %s version %s (%s is version %s: "
                      "`python -m pipeline.promote` makes this one champion)", registry.MODEL_NAME, version,

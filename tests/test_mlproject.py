@@ -83,32 +83,22 @@ def test_mlflow_run_gives_one_run_with_the_overrides_and_leaves_params_alone(tmp
 
 
 @pytest.mark.slow
-def test_mlflow_run_refuses_a_bad_override_before_any_work(tmp_path):
+@pytest.mark.parametrize(("options", "error"), [
+    (["--experiment-name", "imdb-lstm", "-P", "epochs=-1"], "error: train.epochs: must be >= 1, got -1"),
+    # MLproject cannot choose the experiment: without --experiment-name the run would land in Default
+    (["-P", "epochs=1"], "error: `mlflow run` made its run {run_id} in MLflow experiment 'Default', not 'imdb-lstm' "
+                         "(params.yaml mlflow.experiment): run `mlflow run . --experiment-name imdb-lstm ...`"),
+])
+def test_mlflow_run_refuses_before_any_work(tmp_path, options, error):
     root = make_project(tmp_path / "project", tmp_path / "data")
-    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-P", "epochs=-1"], root,
-                 check=False)
+    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", *options], root, check=False)
     assert result.returncode != 0
-    assert "error: train.epochs: must be >= 1, got -1" in result.stderr
-    assert not (root / "data").exists()
-
-
-@pytest.mark.slow
-def test_mlflow_run_outside_the_pipelines_experiment_stops_before_any_work(tmp_path):
-    """MLproject cannot choose the experiment: without --experiment-name the run would land in Default."""
-    root = make_project(tmp_path / "project", tmp_path / "data")
-    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-P", "epochs=1"], root,
-                 check=False)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: `mlflow run` made its run ")
-    assert errors[0].endswith("in MLflow experiment 'Default', not 'imdb-lstm' (params.yaml mlflow.experiment): "
-                              "run `mlflow run . --experiment-name imdb-lstm ...`")
-    assert not (root / "data").exists(), "no stage ran"
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    (made,) = client.search_runs(["0"])
+    (made,) = client.search_runs(["0", *[e.experiment_id for e in client.search_experiments() if e.name == "imdb-lstm"]])
     assert made.info.status == "FAILED"
-    experiment = client.get_experiment_by_name("imdb-lstm")
-    assert experiment is not None and client.search_runs([experiment.experiment_id]) == []
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        error.format(run_id=made.info.run_id)]
+    assert not (root / "data").exists(), "no stage ran"
 
 
 @pytest.mark.slow

@@ -18,11 +18,8 @@ CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 def file_md5(path: Path) -> str:
     """The md5 of a file's bytes: DVC 3's hash of a file (dvc.lock, and a folder's .dir listing)."""
-    digest = hashlib.md5()
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "md5").hexdigest()
 
 
 def tracked_path(path: Path, root: Path) -> str:
