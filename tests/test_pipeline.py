@@ -250,10 +250,10 @@ def test_mlflow_ui_started_from_the_repository_root_shows_the_runs(project):
     root, _ = project
     with server_process([sys.executable, "-m", "mlflow", "ui"], root, "/health", timeout=90) as url:
         experiments = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                                   params={"experiment_name": "imdb-lstm"}, timeout=5).json()
+                                   params={"experiment_name": "imdb-lstm"}, timeout=30).json()
         experiment_id = experiments["experiment"]["experiment_id"]
         runs = requests.post(f"{url}/api/2.0/mlflow/runs/search",
-                             json={"experiment_ids": [experiment_id]}, timeout=5).json()["runs"]
+                             json={"experiment_ids": [experiment_id]}, timeout=30).json()["runs"]
     assert runs
     params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
     metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
