@@ -6,8 +6,8 @@
 The same calls in the same order as pipeline/train.py, through the same src.tracking
 functions, with the trained model (and its optimizer state, as the stage logs it) and the
 stage's per-epoch history: import mlflow, connect (store and experiment), start the run, log
-params and tags, one log_metrics per epoch, log the Keras model, log vocab.json, params.yaml
-and history.csv, end the run. Loading TensorFlow and the model is not timed: the stage pays
+params, tags and the train and validation datasets, one log_metrics per epoch and the kept
+epoch's, log the Keras model, log vocab.json, params.yaml and history.csv, end the run. Loading TensorFlow and the model is not timed: the stage pays
 for those with or without MLflow; mlflow is imported after them, so its import time counts
 only the modules TensorFlow and Keras do not load anyway. The store is MLFLOW_TRACKING_URI,
 or the project's mlflow.db. With --connect-only: import mlflow and connect, nothing else
@@ -43,13 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     with clock("import_mlflow"):
         import mlflow
 
-        from src.tracking import artifacts, lineage, runs, store
+        from src.tracking import artifacts, inputs, lineage, metrics, runs, store
     if args.connect_only:
         with clock("connect"):
             store.connect(params.mlflow.experiment)
         Path(args.out).write_text(json.dumps(seconds, indent=2) + "\n", encoding="utf-8")
         return
+    from src.fileio import load_npz
+    from src.training import kept_epoch
+
     maxlen = read_vocab_json(Path("data/processed/vocab.json")).maxlen
+    splits = {name: load_npz(Path("data/processed") / f"{name}.npz") for name in ("train", "val")}
     with open("plots/history.csv", encoding="utf-8", newline="") as stream:
         history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
 
@@ -61,10 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         with clock("log_params_and_tags"):
             artifacts.log_params(params)
             mlflow.set_tags(lineage.run_tags(Path.cwd()))
+            inputs.log_splits(Path("data/processed"), splits, Path.cwd())
         with clock("log_epoch_metrics"):
             for record in history:
-                mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"},
-                                   step=int(record["epoch"]))
+                mlflow.log_metrics(metrics.epoch_metrics(record), step=int(record["epoch"]))
+            final, step = metrics.final_metrics(history, kept_epoch(history, params.train))
+            mlflow.log_metrics(final, step=step)
         with clock("log_model"):
             artifacts.log_keras_model(model, maxlen)
         with clock("log_artifacts"):

@@ -1,14 +1,18 @@
 """A throw-away copy of the project (git + DVC) and the timed, memory-measured commands run in it."""
 
+import contextlib
 import copy
 import csv
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +60,46 @@ def measured(args: list[str], cwd: Path, log_path: Path, check: bool = True, **e
         raise BenchmarkError(f"`{' '.join(args[2:] if args[0] == sys.executable else args)}` exited "
                              f"{process.returncode} (log: {log_path}):\n{tail}")
     return {"seconds": seconds, "max_rss_mib": usage.ru_maxrss / 1024, "output": output}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], cwd: Path, url: str, ready_path: str, timeout: float, env: dict[str, str]):
+    """Start ``command`` (a server: `mlflow ui`, `mlflow models serve`) in ``env``; yield its process once
+    ``url + ready_path`` answers 200; stop its whole process group. BenchmarkError if it exits or never answers."""
+    import requests
+
+    with tempfile.TemporaryFile() as output:  # not a pipe: a chatty server must never block on a full one
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    output.seek(0)
+                    raise BenchmarkError(f"{command} exited {process.returncode}:\n"
+                                         f"{output.read().decode(errors='replace')}")
+                with contextlib.suppress(requests.RequestException):  # not listening yet, or still starting
+                    if requests.get(url + ready_path, timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise BenchmarkError(f"{command} did not answer {ready_path} on {url} within {timeout:g} s")
+                time.sleep(0.5)
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
 
 
 def dvc(root: Path, log_path: Path, *args: str, **kwargs) -> dict:

@@ -5,6 +5,9 @@
                                 [--baseline metrics/baseline.json] [--baseline-timing timings/baseline.json]
                                 [--metrics metrics/evaluate.json] [--plots plots]
 
+The test data is logged as the run's "test" dataset. The raw-text model is registered as a new
+version of imdb-sentiment, tagged with its test metrics, data hashes and commit; the first
+version becomes champion (src/tracking/registry.py).
 The baseline's test metrics are logged as ``baseline_<name>`` beside the LSTM's ``test_<name>``;
 how many reviews it trained on and its wall time are tags (``baseline.train_reviews``,
 ``baseline.seconds``), not metrics: they say nothing about either model's quality.
@@ -40,9 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
-    from src.tracking import artifacts, runs, store
+    from src.tracking import artifacts, inputs, registry, runs, store
 
-    store.connect(params.mlflow.experiment)
+    experiment_id = store.connect(params.mlflow.experiment)
     run_info = runs.read_run_info(Path(args.run_info))
     baseline = _baseline_record(args.baseline, "metrics")
     baseline_seconds = _baseline_record(args.baseline_timing, "wall time")["seconds"]
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, figure in figures.items():
         evaluation.write_png(figure, plots / name)
 
-    with runs.tracked_run(**runs.evaluation_run_arguments(run_info, params)):
+    with runs.tracked_run(**runs.evaluation_run_arguments(run_info, params, experiment_id)):
+        inputs.log_splits(args.data, {"test": test}, Path.cwd())
         mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items()})
         mlflow.log_metrics({f"baseline_{key}": baseline[key] for key in test_metrics})  # the same figures as test_*
         mlflow.set_tags({"baseline.train_reviews": str(baseline["train_reviews"]), "baseline.seconds": str(baseline_seconds)})
@@ -86,7 +90,16 @@ def main(argv: list[str] | None = None) -> None:
         from src.serving import log_sentiment_model
 
         info = log_sentiment_model(args.model, str(Path(args.data) / "vocab.json"), params.evaluate.threshold)
-        log.info("logged the raw-text model; registered as imdb-sentiment version %s", info.registered_model_version)
+        version = info.registered_model_version
+        client = mlflow.MlflowClient()
+        registry.record_version(client, version)
+        if registry.ensure_champion(client, version):
+            log.info("logged the raw-text model; registered as %s version %s, which had no champion: now %s",
+                     registry.MODEL_NAME, version, registry.CHAMPION_URI)
+        else:
+            log.info("logged the raw-text model; registered as %s version %s (%s is version %s: "
+                     "`python -m pipeline.promote` makes this one champion)", registry.MODEL_NAME, version,
+                     registry.CHAMPION_URI, registry.champion_version(client))
     log.info("test accuracy %.4f (baseline %.4f), ROC AUC %.4f, F1 %.4f", metrics["accuracy"],
              baseline["accuracy"], metrics["roc_auc"], metrics["f1"])
 

@@ -1,17 +1,20 @@
 """Run the whole pipeline with some params overridden, leaving params.yaml as it is.
 
-    python -m pipeline.experiment --epochs 2 --units 64        # what `mlflow run . -P epochs=2 -P units=64` calls
+    python -m pipeline.experiment --epochs 2 --units 64   # what `mlflow run . --experiment-name imdb-lstm -P epochs=2 -P units=64` calls
 
 Overrides are validated like params.yaml, then DVC runs the pipeline as an experiment in a
 temporary copy (`dvc exp run --temp`): stages whose inputs did not change come from DVC's
 cache, and the workspace (params.yaml, outputs) is not touched. Under `mlflow run`, the train
-and evaluate stages log into the run that `mlflow run` created.
+and evaluate stages log into the run that `mlflow run` created, which must be in params.yaml's
+mlflow.experiment (`mlflow run . --experiment-name imdb-lstm`): it is checked before any work,
+and this process owns the run until the train stage does (src/tracking/runs.py, claim_mlflow_run).
 """
 
 import argparse
 import copy
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 
@@ -108,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     log.info("running %s", " ".join(command[2:]))
     if args.dry_run:
         return
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from src.tracking import runs, store
+
+        runs.claim_mlflow_run(store.connect(changed["mlflow"]["experiment"]))
     result = subprocess.run(command)
     if result.returncode != 0:
         sys.exit(result.returncode)

@@ -1,4 +1,4 @@
-"""Predict the sentiment of raw reviews with the registered model (or any MLflow model URI).
+"""Predict the sentiment of raw reviews with the champion model (or any MLflow model URI).
 
     python -m pipeline.predict "A wonderful film." "Two hours I will never get back."
     python -m pipeline.predict --file reviews.txt          # one review a line
@@ -13,10 +13,9 @@ import sys
 
 from src.cli import run_stage
 from src.errors import DataError, PipelineError
+from src.tracking.registry import CHAMPION_URI as DEFAULT_MODEL  # the version promoted last
 
 log = logging.getLogger("imdb_lstm.predict")
-
-DEFAULT_MODEL = "models:/imdb-sentiment/latest"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,8 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model = mlflow.pyfunc.load_model(args.model)  # loaded once, for every review
     except mlflow.exceptions.MlflowException as error:
+        hint = "run `dvc repro` first"
+        if args.model == DEFAULT_MODEL and "alias" in str(error).lower():
+            hint = "promote a version first: `python -m pipeline.promote RUN_ID`"
         raise PipelineError(f"cannot load model {args.model} from {redact_url(tracking_uri())}: "
-                            f"{str(error).splitlines()[0]}; run `dvc repro` first") from None
+                            f"{str(error).splitlines()[0]}; {hint}") from None
     try:
         predictions = model.predict(reviews)
     except mlflow.exceptions.MlflowException as error:

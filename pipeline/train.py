@@ -3,7 +3,8 @@
     python -m pipeline.train [--params params.yaml] [--data data/processed] [--pretrained data/pretrained]
                              [--model models/model.keras] [--run-info models/run.json] [--history plots/history.csv]
 
-The run holds every param (``train.epochs``), per-epoch metrics, the model (mlflow.keras
+The run holds every param (``train.epochs``), per-epoch metrics ending on the kept epoch's
+(src/tracking/metrics.py), the train and validation data it used, the model (mlflow.keras
 flavor), the vocabulary and params.yaml; models/run.json names it for the evaluate stage.
 With ``train.distribution: multi_worker`` every worker runs this with its own TF_CONFIG;
 only the chief logs and writes outputs (src/distribution.py).
@@ -76,25 +77,28 @@ def main(argv: list[str] | None = None) -> None:
 
     from src.fileio import write_csv
     from src.redact import redact_url
-    from src.tracking import artifacts, lineage, runs
-    from src.training import save_model
+    from src.tracking import artifacts, inputs, lineage, metrics, runs
+    from src.training import kept_epoch, save_model
 
     with runs.tracked_run(**runs.start_run_arguments(experiment_id, params)) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_name, run.info.run_id, redact_url(store.tracking_uri()))
         artifacts.log_params(params)
         mlflow.set_tags({**lineage.run_tags(Path.cwd()), "distribution.replicas": str(distribution.replicas(strategy))})
+        inputs.log_splits(data, splits, Path.cwd())
 
         def on_epoch(record: dict) -> None:
             log_epoch(f"{task.name} (chief): " if task else "", record)
-            mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"}, step=record["epoch"])
+            mlflow.log_metrics(metrics.epoch_metrics(record), step=record["epoch"])
 
         def on_teacher_epoch(record: dict) -> None:
             log.info("teacher epoch: loss %.4g on %d reviews, %.1f s", record["teacher_loss"],
                      record["teacher_reviews"], record["teacher_seconds"])
-            mlflow.log_metrics({"teacher_loss": record["teacher_loss"], "teacher_seconds": record["teacher_seconds"]})
+            mlflow.log_metrics({"teacher_loss": record["teacher_loss"], "system/teacher_seconds": record["teacher_seconds"]})
 
         model, history = fit(params, encoder, splits, (word_vectors, teacher), strategy, on_epoch, on_teacher_epoch)
-        log.info("final weights %s", distribution.weights_digest(model.get_weights()))
+        final, step = metrics.final_metrics(history, kept_epoch(history, params.train))
+        mlflow.log_metrics(final, step=step)
+        log.info("final weights %s (epoch %d's)", distribution.weights_digest(model.get_weights()), final["best_epoch"])
         save_model(model, args.model)
         write_csv(args.history, history)
         artifacts.log_keras_model(model, encoder.maxlen)

@@ -33,6 +33,10 @@ class TrackingError(PipelineError):
     """The MLflow tracking store cannot be used."""
 
 
+class RegistryError(PipelineError):
+    """The registered model has no version for what was asked (a run, an experiment), or no champion."""
+
+
 class DistributionError(PipelineError):
     """TF_CONFIG is missing or wrong, or the workers do not agree."""
 

@@ -20,8 +20,7 @@ from mlflow.pyfunc import PythonModel
 
 from src import training
 from src.errors import InvalidInput
-
-REGISTERED_NAME = "imdb-sentiment"
+from src.tracking.registry import MODEL_NAME as REGISTERED_NAME
 MAX_REVIEW_CHARS = 100_000  # the longest of the 50,000 labelled reviews is about 14,000
 MAX_BATCH = 10_000
 LABELS = ("negative", "positive")
@@ -65,11 +64,6 @@ def predictions_frame(probabilities: np.ndarray, threshold: float) -> pd.DataFra
     return pd.DataFrame({"probability": probabilities, "label": labels})
 
 
-# MLflow suggests type hints on predict() for its own input validation; this model validates
-# its input itself (a list or a DataFrame), so the suggestion is noise.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
-
-
 class SentimentModel(PythonModel):
     """pyfunc model: artifacts ``keras_model`` (.keras), ``vocab`` (vocab.json), ``config`` ({"threshold": t})."""
 
@@ -81,7 +75,10 @@ class SentimentModel(PythonModel):
         self.encoder = read_vocab_json(context.artifacts["vocab"])
         self.model = training.load_model(context.artifacts["keras_model"])  # Keras' safe mode
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame: MLflow turns every input into one before predict, by the signature (a list of
+    # reviews becomes column 0). MLflow leaves a DataFrame hint alone, where list[str] would make
+    # it convert and check the input itself, with its own messages, before reviews_from_input can.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:
             texts = reviews_from_input(model_input)
         except InvalidInput as error:  # the scoring server answers 400 with this message

@@ -190,6 +190,22 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
     return history
 
 
+def kept_epoch(history: History, params: TrainParams) -> int:
+    """The epoch whose weights ``train`` ends with: with early stopping, the first with the lowest val_loss; else the last.
+
+    Keras' EarlyStopping (restore_best_weights) restores the last epoch whose val_loss was strictly
+    below the best before it, also when training ran every epoch. The first epoch is the first
+    best, whatever its val_loss: after a NaN there, no epoch improves (nothing is below NaN).
+    """
+    if params.early_stopping_patience <= 0:
+        return int(history[-1]["epoch"])
+    best, kept = history[0]["val_loss"], history[0]["epoch"]
+    for record in history[1:]:
+        if record["val_loss"] < best:
+            best, kept = record["val_loss"], record["epoch"]
+    return int(kept)
+
+
 def predict(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Probability of "positive" for each review, as a 1-D float64 array."""
     check_ids("x", x, *_model_input_size(model))

@@ -4,15 +4,13 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from benchmarks.project import changed_params
+from benchmarks.project import changed_params, free_port, running_server
 from synthetic import write_aclimdb_tarball
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,47 +55,11 @@ def run(args: list[str], cwd: Path, timeout: float = 600, check: bool = True, **
     return result
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _running_server(command: list[str], cwd: Path, url: str, ready_path: str, timeout: float, env: dict):
-    """Start ``command``; yield its process once ``url + ready_path`` answers 200; stop its whole process group."""
-    import signal
-    import tempfile
-
-    import requests
-
-    with tempfile.TemporaryFile() as log:  # not a pipe: a chatty server must never block on a full one
-        process = subprocess.Popen(command, cwd=cwd, env=clean_env(**env), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError(f"{command} exited {process.returncode}:\n{log.read().decode(errors='replace')}")
-                try:
-                    if requests.get(url + ready_path, timeout=2).status_code == 200:
-                        break
-                except (requests.ConnectionError, requests.Timeout):  # not answering yet (a busy machine)
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{command} did not answer {ready_path} on {url} within {timeout:g} s")
-                time.sleep(0.5)
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+    """benchmarks.project.running_server in clean_env(**env)."""
+    with running_server(command, cwd, url, ready_path, timeout, clean_env(**env)) as process:
+        yield process
 
 
 @contextlib.contextmanager

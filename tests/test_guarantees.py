@@ -194,7 +194,7 @@ def test_mlflow_models_serve_binds_to_loopback_by_default(trained_project):
     import requests
 
     root, _ = trained_project
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/imdb-sentiment/latest",
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/imdb-sentiment@champion",
                "--env-manager", "local"]
     with server_on_default_host(command, root, "/ping", timeout=180,
                                 MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}") as (url, process):

@@ -83,10 +83,52 @@ def test_mlflow_run_gives_one_run_with_the_overrides_and_leaves_params_alone(tmp
 
 
 @pytest.mark.slow
-def test_mlflow_run_refuses_a_bad_override_before_any_work(tmp_path):
+@pytest.mark.parametrize(("options", "error"), [
+    (["--experiment-name", "imdb-lstm", "-P", "epochs=-1"], "error: train.epochs: must be >= 1, got -1"),
+    # MLproject cannot choose the experiment: without --experiment-name the run would land in Default
+    (["-P", "epochs=1"], "error: `mlflow run` made its run {run_id} in MLflow experiment 'Default', not 'imdb-lstm' "
+                         "(params.yaml mlflow.experiment): run `mlflow run . --experiment-name imdb-lstm ...`"),
+])
+def test_mlflow_run_refuses_before_any_work(tmp_path, options, error):
     root = make_project(tmp_path / "project", tmp_path / "data")
-    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-P", "epochs=-1"], root,
-                 check=False)
+    result = run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", *options], root, check=False)
     assert result.returncode != 0
-    assert "error: train.epochs: must be >= 1, got -1" in result.stderr
-    assert not (root / "data").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (made,) = client.search_runs(["0", *[e.experiment_id for e in client.search_experiments() if e.name == "imdb-lstm"]])
+    assert made.info.status == "FAILED"
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        error.format(run_id=made.info.run_id)]
+    assert not (root / "data").exists(), "no stage ran"
+
+
+@pytest.mark.slow
+def test_a_run_mlflow_run_abandoned_is_marked_killed_when_the_pipeline_next_connects(tmp_path, monkeypatch):
+    """The default env manager fails to build its environment and leaves its run RUNNING.
+
+    Here pyenv is not on PATH: MLflow 3.17 then runs the command None (README shows this ending).
+    """
+    import os
+    from pathlib import Path
+
+    from src.tracking import dead_runs, store
+
+    root = make_project(tmp_path / "project", tmp_path / "data")
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    result = run([sys.executable, "-m", "mlflow", "run", ".", "--experiment-name", "imdb-lstm", "-P", "epochs=1"],
+                 root, check=False, PATH=path)
+    assert result.returncode != 0
+    assert result.stderr.rstrip().splitlines()[-1] == "FileNotFoundError: [Errno 2] No such file or directory: 'None'"
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (abandoned,) = client.search_runs([client.get_experiment_by_name("imdb-lstm").experiment_id])
+    assert abandoned.info.status == "RUNNING", "what `mlflow run` leaves"
+
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setattr(dead_runs, "mlflow_run_alive_here", lambda: False)  # other sessions' may run on this host
+    try:
+        store.connect("imdb-lstm")  # as the next stage does
+    finally:
+        mlflow.set_tracking_uri(None)
+    found = client.get_run(abandoned.info.run_id)
+    assert found.info.status == "KILLED" and found.data.tags["found_dead"].startswith("`mlflow run` left this run")

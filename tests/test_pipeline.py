@@ -92,9 +92,11 @@ def test_one_finished_run_holds_every_param(project, store, run):
 
 def test_run_holds_per_epoch_test_and_baseline_metrics(project, store, run):
     root, _ = project
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "reviews_per_second"):
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "system/epoch_seconds", "system/reviews_per_second"):
         history = store.get_metric_history(run.info.run_id, key)
         assert [point.step for point in history] == list(range(1, EPOCHS + 1)), key
+    assert "epoch_seconds" not in run.data.metrics, "timings are system metrics, not the model's"
+    assert run.data.metrics["best_epoch"] == EPOCHS, "without early stopping the last epoch's weights are kept"
     evaluate = json.loads((root / "metrics" / "evaluate.json").read_text())
     baseline = json.loads((root / "metrics" / "baseline.json").read_text())
     metrics = run.data.metrics
@@ -134,6 +136,42 @@ def test_run_holds_the_keras_and_the_raw_text_models(store, run):
     assert run.info.run_id in {version.run_id for version in versions}, "registered as imdb-sentiment"
 
 
+def test_the_first_version_is_champion_and_tagged_with_its_figures_data_and_commit(store, run):
+    champion = store.get_model_version_by_alias("imdb-sentiment", "champion")
+    assert champion.run_id == run.info.run_id and str(champion.version) == "1"
+    tags = champion.tags
+    for key in ("accuracy", "roc_auc", "f1"):
+        assert tags[f"test_{key}"] == f"{run.data.metrics[f'test_{key}']:.4f}"
+    for key in ("git.commit", "dvc.data/raw.md5", "dvc.data/processed.md5"):
+        assert tags[key] == run.data.tags[key], key
+    assert tags["promoted.reason"].startswith("the first version registered")
+    assert champion.description.startswith(f"test accuracy {tags['test_accuracy']}, ROC AUC {tags['test_roc_auc']}")
+
+
+def test_the_run_names_its_data_with_the_md5s_dvc_recorded(project, store, run):
+    """Each split's digest against DVC's own listing of data/processed (its .dir file in the cache)."""
+    import yaml
+
+    root, _ = project
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    (out,) = [out for out in lock["stages"]["preprocess"]["outs"] if out["path"] == "data/processed"]
+    folder_md5 = out["md5"].removesuffix(".dir")
+    listing = json.loads((root / ".dvc" / "cache" / "files" / "md5" / folder_md5[:2] / f"{folder_md5[2:]}.dir").read_text())
+    dvc_md5 = {entry["relpath"]: entry["md5"] for entry in listing}
+    logged = {entry.tags[0].value: entry.dataset for entry in run.inputs.dataset_inputs}
+    assert {context: dataset.name for context, dataset in logged.items()} == {
+        "training": "train.npz", "validation": "val.npz", "test": "test.npz"}
+    for dataset in logged.values():
+        assert dataset.digest == dvc_md5[dataset.name]
+        assert json.loads(dataset.source) == {"uri": f"data/processed/{dataset.name}"}
+
+
+def test_the_experiment_is_a_model_training_one(store):
+    from src.tracking.store import EXPERIMENT_TAGS
+
+    assert store.get_experiment_by_name("imdb-lstm").tags == EXPERIMENT_TAGS
+
+
 def test_logged_model_predicts_exactly_what_the_saved_one_does(project, run):
     root, _ = project
     import keras
@@ -159,6 +197,9 @@ def test_changing_only_epochs_reruns_only_train_and_evaluate(project, store):
     runs = store.search_runs([store.get_experiment_by_name("imdb-lstm").experiment_id])
     assert sorted(r.data.params["train.epochs"] for r in runs) == ["1", str(EPOCHS)]
     assert all(r.info.status == "FINISHED" for r in runs)
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert store.get_model_version_by_alias("imdb-sentiment", "champion").run_id != newest.info.run_id, \
+        "a new version waits for a promotion"
 
 
 def test_a_forced_rerun_with_the_same_params_changes_no_metric(project, tmp_path):
@@ -211,10 +252,10 @@ def test_mlflow_ui_started_from_the_repository_root_shows_the_runs(project):
     root, _ = project
     with server_process([sys.executable, "-m", "mlflow", "ui"], root, "/health", timeout=90) as url:
         experiments = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                                   params={"experiment_name": "imdb-lstm"}, timeout=5).json()
+                                   params={"experiment_name": "imdb-lstm"}, timeout=30).json()
         experiment_id = experiments["experiment"]["experiment_id"]
         runs = requests.post(f"{url}/api/2.0/mlflow/runs/search",
-                             json={"experiment_ids": [experiment_id]}, timeout=5).json()["runs"]
+                             json={"experiment_ids": [experiment_id]}, timeout=30).json()["runs"]
     assert runs
     params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
     metrics = {m["key"] for m in runs[0]["data"]["metrics"]}

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from src.errors import Terminated, TrackingError
-from src.tracking import artifacts, dead_runs, lineage, lock_retries, runs, store
+from src.tracking import artifacts, dead_runs, inputs, lineage, lock_retries, metrics, runs, store
 from conftest import REPO_ROOT
 from project import clean_env
 
@@ -75,6 +76,26 @@ def test_tracked_run_always_ends(client, raised, status):
     assert mlflow.active_run() is None
 
 
+def test_the_experiment_is_made_for_model_training_with_a_description_and_a_view(client):
+    experiment_id = store.connect("made")
+    tags = client.get_experiment(experiment_id).tags
+    assert tags == store.EXPERIMENT_TAGS and tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(store.EXPERIMENT_TAGS[f"mlflow.sharedViewState.{store.SHARED_VIEW}"])
+    assert "metrics.`test_roc_auc`" in view["selectedColumns"] and "params.`train.epochs`" in view["selectedColumns"]
+
+
+def test_an_existing_experiment_gets_what_it_lacks_and_keeps_what_a_person_set(client):
+    bare = client.create_experiment("bare")
+    described = client.create_experiment("described", tags={"mlflow.note.content": "mine",
+                                                             "mlflow.experimentKind": "genai_development"})
+    store.connect("bare")
+    store.connect("described")
+    assert client.get_experiment(bare).tags == store.EXPERIMENT_TAGS
+    kept = client.get_experiment(described).tags
+    assert kept["mlflow.note.content"] == "mine" and kept["mlflow.experimentKind"] == "genai_development"
+    assert f"mlflow.sharedViewState.{store.SHARED_VIEW}" in kept
+
+
 def test_experiment_artifacts_are_anchored_at_the_repository(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -85,6 +106,56 @@ def test_experiment_artifacts_are_anchored_at_the_repository(tmp_path, monkeypat
         mlflow.set_tracking_uri(None)
     assert (tmp_path / "mlflow.db").is_file()
     assert location == (tmp_path.resolve() / "mlartifacts").as_uri()
+
+
+# --- what a run's metrics and datasets say ---------------------------------------------------------
+
+HISTORY = [{"epoch": epoch, "loss": loss, "accuracy": 1 - loss, "val_loss": val_loss, "val_accuracy": 1 - val_loss,
+            "epoch_seconds": 10.0 + epoch, "reviews_per_second": 100.0 * epoch}
+           for epoch, loss, val_loss in ((1, 0.6, 0.40), (2, 0.4, 0.30), (3, 0.3, 0.35))]
+
+
+def test_timings_are_system_metrics_and_the_model_figures_keep_their_names():
+    assert metrics.epoch_metrics(HISTORY[1]) == {"loss": 0.4, "accuracy": 0.6, "val_loss": 0.3, "val_accuracy": 0.7,
+                                                 "system/epoch_seconds": 12.0, "system/reviews_per_second": 200.0}
+
+
+def test_the_runs_latest_figures_are_the_kept_epochs(client):
+    assert metrics.final_metrics(HISTORY, 3) == ({"best_epoch": 3}, 3)
+    final, step = metrics.final_metrics(HISTORY, 2)
+    assert (final, step) == ({"best_epoch": 2, "loss": 0.4, "accuracy": 0.6, "val_loss": 0.3, "val_accuracy": 0.7}, 4)
+    experiment_id = store.connect("kept")
+    with runs.tracked_run(experiment_id=experiment_id) as run:  # as the train stage logs them
+        for record in HISTORY:
+            mlflow.log_metrics(metrics.epoch_metrics(record), step=record["epoch"])
+        mlflow.log_metrics(final, step=step)
+    latest = client.get_run(run.info.run_id).data.metrics  # what the runs table and search_runs show
+    assert {key: latest[key] for key in final} == final
+    assert latest["system/epoch_seconds"] == 13.0, "timings end on the last epoch run"
+    assert [point.step for point in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4]
+
+
+def test_each_split_is_a_dataset_named_by_its_file_with_dvcs_md5(client, tmp_path):
+    import numpy as np
+
+    from src.fileio import save_npz
+
+    folder = tmp_path / "data" / "processed"
+    splits = {name: {"x": np.full((n, 5), n, dtype=np.int32), "y": np.zeros(n, dtype=np.int8)}
+              for name, n in (("train", 6), ("val", 2), ("test", 3))}
+    for name, arrays in splits.items():
+        save_npz(folder / f"{name}.npz", **arrays)
+    experiment_id = store.connect("data")
+    with runs.tracked_run(experiment_id=experiment_id) as run:
+        inputs.log_splits(folder, splits, tmp_path)
+    logged = {entry.tags[0].value: entry.dataset for entry in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert set(logged) == {"training", "validation", "test"}
+    for name, context in inputs.CONTEXTS.items():
+        dataset = logged[context]
+        assert dataset.name == f"{name}.npz" and dataset.source_type == "local"
+        assert json.loads(dataset.source) == {"uri": f"data/processed/{name}.npz"}
+        assert dataset.digest == hashlib.md5((folder / f"{name}.npz").read_bytes()).hexdigest()
+        assert json.loads(dataset.profile)["features_shape"] == [len(splits[name]["y"]), 5]
 
 
 # --- the train stage as a process -------------------------------------------------------------
@@ -332,9 +403,94 @@ def test_a_run_for_another_threshold_is_owned_by_the_evaluating_process(client, 
     client.log_param(trained.info.run_id, "evaluate.threshold", "0.5")
     client.set_terminated(trained.info.run_id, "FINISHED")
     tiny_params_dict["evaluate"]["threshold"] = 0.7
-    arguments = runs.evaluation_run_arguments({"run_id": trained.info.run_id}, params_from_dict(tiny_params_dict))
+    arguments = runs.evaluation_run_arguments({"run_id": trained.info.run_id}, params_from_dict(tiny_params_dict),
+                                              experiment_id)
     tags = client.get_run(arguments["run_id"]).data.tags
     assert arguments["run_id"] != trained.info.run_id
     assert tags["owner.pid"] == str(os.getpid()) and "found_dead" not in tags
     assert tags["git.commit"] == "abc" and tags["model_run_id"] == trained.info.run_id
     assert dead_runs.recover_dead_runs(experiment_id) == []
+
+
+# --- runs `mlflow run` made ---------------------------------------------------------------------------
+
+def _project_run(client, experiment_id, started=None, **tags):
+    """A RUNNING run as `mlflow run` creates it, before any command of the project ran."""
+    return client.create_run(experiment_id, start_time=None if started is None else int(started * 1000),
+                             tags={"mlflow.source.type": "PROJECT", "mlflow.user": dead_runs.os_user(),
+                                   "mlflow.project.entryPoint": "main", **tags})
+
+
+def test_which_runs_mlflow_run_abandoned(client):
+    experiment_id = store.connect("projects")
+    now = time.time()
+    old = now - (dead_runs.ABANDONED_AFTER_HOURS + 1) * 3600
+    made = {
+        "young": _project_run(client, experiment_id, now - 60),
+        "old": _project_run(client, experiment_id, old),
+        "owned by a stage": _project_run(client, experiment_id, old, **{"owner.pid": "1", "owner.host": "h"}),
+        "another user's": _project_run(client, experiment_id, old, **{"mlflow.user": "someone-else"}),
+        "not a project run": client.create_run(experiment_id, start_time=int(old * 1000),
+                                               tags={"mlflow.user": dead_runs.os_user()}),
+    }
+
+    def abandoned(name, local, alive):
+        run = client.get_run(made[name].info.run_id)
+        return dead_runs.abandoned_by_mlflow_run(run, dead_runs.os_user(), local, lambda: alive, now)
+
+    assert abandoned("young", local=True, alive=False)
+    assert not abandoned("young", local=True, alive=True), "an `mlflow run` here may still be building it"
+    assert not abandoned("young", local=False, alive=False), "another machine's may still be building it"
+    assert abandoned("old", local=False, alive=True)
+    for name in ("owned by a stage", "another user's", "not a project run"):
+        assert not abandoned(name, local=True, alive=False), name
+
+
+def test_connect_marks_runs_mlflow_run_abandoned_killed_also_in_the_default_experiment(client, monkeypatch):
+    experiment_id = store.connect("imdb-lstm")
+    monkeypatch.setattr(dead_runs, "mlflow_run_alive_here", lambda: False)
+    in_default = _project_run(client, "0")
+    in_ours = _project_run(client, experiment_id)
+    ours_now = _project_run(client, experiment_id)  # the run of this very process (`mlflow run` gave its id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", ours_now.info.run_id)
+    store.connect("imdb-lstm")
+    for run in (in_default, in_ours):
+        found = client.get_run(run.info.run_id)
+        assert found.info.status == "KILLED"
+        assert found.data.tags["found_dead"].startswith("`mlflow run` left this run RUNNING before any stage")
+    assert client.get_run(ours_now.info.run_id).info.status == "RUNNING"
+
+
+def test_an_mlflow_run_command_on_this_host_is_seen():
+    process = subprocess.Popen(["sh", "-c", "sleep 30", "mlflow", "run"])  # argv: sh -c 'sleep 30' mlflow run
+    try:
+        assert dead_runs.mlflow_run_alive_here()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_run_mlflow_run_made_in_another_experiment_is_refused_before_any_work(client, monkeypatch, tiny_params):
+    ours = store.connect("imdb-lstm")
+    elsewhere = _project_run(client, "0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", elsewhere.info.run_id)
+    message = (f"`mlflow run` made its run {elsewhere.info.run_id} in MLflow experiment 'Default', not 'imdb-lstm' "
+               "(params.yaml mlflow.experiment): run `mlflow run . --experiment-name imdb-lstm ...`")
+    for call in (lambda: runs.claim_mlflow_run(ours), lambda: runs.start_run_arguments(ours, tiny_params),
+                 lambda: runs.evaluation_run_arguments({"run_id": "x"}, tiny_params, ours)):
+        with pytest.raises(TrackingError) as caught:
+            call()
+        assert str(caught.value) == message
+    assert "owner.pid" not in client.get_run(elsewhere.info.run_id).data.tags
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    with pytest.raises(TrackingError, match="MLFLOW_RUN_ID=0{32}: no such run"):
+        runs.claim_mlflow_run(ours)
+
+
+def test_the_run_mlflow_run_made_is_owned_until_a_stage_owns_it(client, monkeypatch):
+    ours = store.connect("imdb-lstm")
+    made = _project_run(client, ours)
+    monkeypatch.setenv("MLFLOW_RUN_ID", made.info.run_id)
+    runs.claim_mlflow_run(ours)
+    tags = client.get_run(made.info.run_id).data.tags
+    assert tags["owner.pid"] == str(os.getpid()) and tags["owner.host"] == socket.gethostname()

@@ -43,14 +43,52 @@ def tracked_run(**start_run_kwargs):
     mlflow.end_run("FINISHED")
 
 
+def check_mlflow_run(experiment_id: str):
+    """The run `mlflow run` made for us (MLFLOW_RUN_ID), if any; TrackingError unless it is in ``experiment_id``.
+
+    MLproject cannot choose the experiment: without ``--experiment-name`` `mlflow run` puts its run
+    in MLflow's Default experiment, and the pipeline would log there. It stops instead, before any work.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(f"MLFLOW_RUN_ID={run_id}: no such run in {redact_url(tracking_uri())}; "
+                            "unset MLFLOW_RUN_ID (`mlflow run` sets it for the commands it runs)") from None
+    if run.info.experiment_id != experiment_id:
+        ours, theirs = client.get_experiment(experiment_id).name, client.get_experiment(run.info.experiment_id).name
+        raise TrackingError(f"`mlflow run` made its run {run_id} in MLflow experiment {theirs!r}, not {ours!r} "
+                            f"(params.yaml mlflow.experiment): run `mlflow run . --experiment-name {ours} ...`")
+    return run
+
+
+def claim_mlflow_run(experiment_id: str) -> None:
+    """Under `mlflow run`: check its run's experiment, and own the run until a stage does (owner_tags).
+
+    A run with owners is ended by the next connect if this process dies before the stages do
+    (src/tracking/dead_runs.py).
+    """
+    run = check_mlflow_run(experiment_id)
+    if run is not None:
+        import mlflow
+        from mlflow.entities import RunTag
+
+        mlflow.MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])
+
+
 def start_run_arguments(experiment_id: str, params) -> dict:
     """mlflow.start_run's arguments: a new named run, or the one `mlflow run` made (MLFLOW_RUN_ID), renamed."""
-    if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` gave it a random name: give it ours
+    if check_mlflow_run(experiment_id) is not None:  # `mlflow run` gave it a random name: give it ours
         return {"run_id": os.environ["MLFLOW_RUN_ID"], "run_name": run_name(params.model, params.train)}
     return {"experiment_id": experiment_id, "run_name": run_name(params.model, params.train)}
 
 
-def evaluation_run_arguments(run_info: dict, params) -> dict:
+def evaluation_run_arguments(run_info: dict, params, experiment_id: str) -> dict:
     """Resume the train stage's run, unless it was evaluated at another threshold.
 
     A run's params cannot change, so a new evaluate.threshold on an unchanged model gets a
@@ -58,6 +96,7 @@ def evaluation_run_arguments(run_info: dict, params) -> dict:
     """
     import mlflow
 
+    check_mlflow_run(experiment_id)
     if os.environ.get("MLFLOW_RUN_ID") and os.environ["MLFLOW_RUN_ID"] != run_info["run_id"]:
         # `mlflow run -e evaluate` made a run of its own: fill it, and say where the model is.
         mlflow.MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], "model_run_id", run_info["run_id"])
