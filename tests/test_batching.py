@@ -99,3 +99,15 @@ def test_bucketed_training_learns_and_is_reproducible(tiny_params):
     assert history_a[-1]["loss"] < history_a[0]["loss"]
     unbucketed, _ = fit_tiny(tiny_params, seed=7)
     assert any(not np.array_equal(a, b) for a, b in zip(model_a.get_weights(), unbucketed.get_weights()))
+
+
+@pytest.mark.parametrize(("maxlen", "batch_size", "bucketed"), [(60, 16, True), (60, 7, True), (60, 16, False),
+                                                                (10, 4, True), (60, 500, True)])
+def test_batches_per_epoch_counts_the_batches_an_epoch_yields(maxlen, batch_size, bucketed):
+    from src.batching import batches_per_epoch
+    from src.training import dataset
+
+    lengths = np.random.default_rng(5).integers(1, maxlen + 1, size=301)
+    x, y = padded(lengths, maxlen), np.zeros(301, np.float32)
+    data = length_bucketed_dataset(x, y, batch_size, seed=1) if bucketed else dataset(x, y, batch_size, 1)
+    assert batches_per_epoch(x, batch_size, bucketed) == sum(1 for _ in data)
