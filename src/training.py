@@ -111,7 +111,7 @@ def plan(x_train: np.ndarray, x_val: np.ndarray, params: TrainParams) -> str:
     patience = params.early_stopping_patience
     stopping = f", stopping once val_loss has not improved for {patience} epoch{'s' * (patience > 1)}" if patience else ""
     return (f"training on {len(x_train):,} reviews, validating on {len(x_val):,}: {batches:,} {how} an epoch, "
-            f"at most {params.epochs} epochs{stopping}")
+            f"at most {params.epochs} epoch{'s' * (params.epochs > 1)}{stopping}")
 
 
 def new_model(model_params: ModelParams, train_params: TrainParams, num_words: int, maxlen: int, strategy=None):
