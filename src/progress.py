@@ -121,9 +121,9 @@ def training_progress(batches: int, epochs: int, logger: logging.Logger):
             elif batch == min(ESTIMATE_AFTER, batches - 1):
                 first = self.first_end - self.bar.started
                 each = (now - self.first_end) / batch
-                logger.info("epoch 1: the first batch took %.1f s (TensorFlow builds its graph), the next %d %.2f s each: "
-                            "about %.0f s for the epoch's %d batches, then the validation pass", first, batch, each,
-                            first + each * (batches - 1), batches)
+                logger.info("expected time of an epoch: about %.0f s for its %d batches (the first took %.1f s, "
+                            "TensorFlow building its graph; the next %d %.2f s each), then the validation pass",
+                            first + each * (batches - 1), batches, first, batch, each)
 
         def on_epoch_end(self, epoch, logs=None):
             self.bar.close()

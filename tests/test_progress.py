@@ -137,8 +137,9 @@ def test_the_train_stage_says_its_plan_at_once_then_the_epoch_time_and_no_bar_in
     batches = batches_per_epoch(load_npz(workspace / "processed" / "train.npz")["x"], 8, bucketed=True)
     assert first_line.endswith(f"imdb_lstm.train: training on 90 reviews, validating on 30: {batches} length-bucketed "
                                "batches of at most 8 an epoch, at most 2 epochs; loading MLflow and TensorFlow\n"), first_line
-    assert re.search(rf"epoch 1: the first batch took [0-9.]+ s \(TensorFlow builds its graph\), the next 5 [0-9.]+ s each: "
-                     rf"about [0-9]+ s for the epoch's {batches} batches", log), log
+    assert re.search(rf"imdb_lstm.train: expected time of an epoch: about [0-9]+ s for its {batches} batches \(the first "
+                     r"took [0-9.]+ s, TensorFlow building its graph; the next 5 [0-9.]+ s each\)", log), log
+    assert len(re.findall(r"epoch \d+: ", log)) == 2  # one line of metrics per epoch, as before
     assert "imdb_lstm.train: epoch 1: loss" in log and "imdb_lstm.train: epoch 2: loss" in log
     assert "\r" not in log and "%|" not in log  # no progress bar drawn into a log
 
