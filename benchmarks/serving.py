@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def test_reviews(archive: Path, folder: Path) -> list[str]:
+def held_out_reviews(archive: Path, folder: Path) -> list[str]:
     """The archive's test reviews (and its train reviews extracted into ``folder``/raw for preprocessing)."""
     from src.datasets import read_aclimdb
     from src.download import safe_extract_reviews
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="imdb-lstm-serving-") as temporary:
         folder = Path(temporary)
-        texts = test_reviews(args.archive, folder)
+        texts = held_out_reviews(args.archive, folder)
         if args.model is None:
             model_path, vocab_path, described = untrained_default_model(folder)
         else:
