@@ -40,19 +40,21 @@ def main(argv: list[str] | None = None) -> None:
 
     task = distribution.cluster_task(params.train)  # a bad TF_CONFIG stops here, before TensorFlow loads
     chief = task is None or task.is_chief
-    if chief:
-        from src.tracking import store
-
-        experiment_id = store.connect(params.mlflow.experiment)  # fails fast, before any training
 
     from src.fileio import load_npz
     from src.text import read_vocab_json
-
     from src.pretrain import load_teacher_labels, load_word_vectors
+    from src.training import plan
 
     data = Path(args.data)
     encoder = read_vocab_json(data / "vocab.json")
     splits = {name: load_npz(data / f"{name}.npz") for name in ("train", "val")}
+    # within a second or two of starting: MLflow and TensorFlow take several more to load
+    log.info("%s; loading MLflow and TensorFlow", plan(splits["train"]["x"], splits["val"]["x"], params.train))
+    if chief:
+        from src.tracking import store
+
+        experiment_id = store.connect(params.mlflow.experiment)  # fails fast, before any training
     word_vectors = load_word_vectors(args.pretrained, encoder.vocabulary.num_words, params.model.embedding_dim)
     if word_vectors is None:
         log.info("the embedding starts random (pretrain.method: none)")

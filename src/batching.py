@@ -44,3 +44,15 @@ def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed:
         lambda ids, label: tf.shape(ids)[0], boundaries, [batch_size] * (len(boundaries) + 1),
         padded_shapes=([None], []))
     return data.prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_epoch(x: np.ndarray, batch_size: int, bucketed: bool) -> int:
+    """How many batches an epoch of ``x`` has: ceil(n / batch_size), or with length buckets each bucket's own ceiling.
+
+    bucket_by_sequence_length puts a review of length L in the bucket whose upper bound is the
+    first above L, and emits every bucket's last, partial batch at the epoch's end.
+    """
+    if not bucketed:
+        return -(-len(x) // batch_size)
+    buckets = np.searchsorted(bucket_boundaries(x.shape[1]), review_lengths(x), side="right")
+    return int(sum(-(-int(count) // batch_size) for count in np.bincount(buckets)))

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import requests
-from tqdm import tqdm
 
 from src.errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
 from src.fileio import atomic_dir, atomic_path, write_json
 from src.params import DATA_AUTH_HINT, DATA_AUTH_VARIABLE, DataParams
+from src.progress import Progress
 from src.redact import redact_text, redact_url
 
 log = logging.getLogger("imdb_lstm.download")
@@ -117,11 +117,10 @@ def credentials_from_environment() -> tuple[str, str] | None:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, with a progress bar if hashing takes more than a second."""
+    """sha256 of a file, with a progress bar if hashing takes more than a second (a line every 15 s in logs)."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=f"sha256 {path.name}",
-                                         disable=None, delay=1.0) as bar:
+    with path.open("rb") as stream, Progress(f"sha256 {path.name}", path.stat().st_size, "B", log,
+                                             end_line=False, delay=1.0) as bar:
         while chunk := stream.read(CHUNK_BYTES):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -164,9 +163,8 @@ def _get_once(url: str, tmp: Path, connect_timeout: float, read_timeout: float, 
         size = response.headers.get("Content-Length")
         expected = int(size) if size and size.isdigit() else None
         digest, received = hashlib.sha256(), 0
-        with tmp.open("wb") as out, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                                         desc=PurePosixPath(urllib.parse.urlsplit(url).path).name,
-                                         disable=None) as bar:
+        with tmp.open("wb") as out, Progress(f"downloading {PurePosixPath(urllib.parse.urlsplit(url).path).name}",
+                                             expected, "B", log) as bar:
             for chunk in response.iter_content(CHUNK_BYTES):
                 out.write(chunk)
                 digest.update(chunk)
@@ -276,8 +274,10 @@ def _read_members(archive: Path):
     total, seen = 0, set()
     try:
         with open(archive, "rb") as file, gzip.GzipFile(fileobj=file) as stream, \
-                tarfile.open(fileobj=stream, mode="r|") as tar:
+                tarfile.open(fileobj=stream, mode="r|") as tar, \
+                Progress(f"extracting {archive.name}", archive.stat().st_size, "B", log) as bar:
             for member in tar:
+                bar.update_to(file.tell())  # compressed bytes read
                 _check_member(archive, member)
                 review, urls = REVIEW_MEMBER.fullmatch(member.name), URLS_MEMBER.fullmatch(member.name)
                 if not ((review or urls) and member.isreg()):

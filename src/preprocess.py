@@ -18,6 +18,7 @@ import numpy as np
 from src.datasets import Corpus, RankedCorpus, read_source, split_train_val
 from src.fileio import atomic_dir, save_npz, write_json
 from src.params import PreprocessParams
+from src.progress import Progress
 from src.text import (FIRST_WORD_ID, INDEX_FROM, OOV, START, Encoder, Vocabulary, pad_flat, tokenize,
                       vocabulary_from_counts)
 
@@ -25,6 +26,7 @@ log = logging.getLogger("imdb_lstm.preprocess")
 
 SPLITS = ("train", "val", "test")
 PERCENTILES = (50, 90, 95, 99)
+PROGRESS_STEP = 500  # reviews tokenized between two progress updates
 
 
 @dataclass(frozen=True)
@@ -55,21 +57,25 @@ def _with_start(ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray) -> Enc
     return Encoded(np.insert(ids, np.cumsum(lengths) - lengths, START), lengths + 1, labels)
 
 
-def _token_numbers(texts: list[str], numbers: defaultdict) -> tuple[np.ndarray, np.ndarray]:
+def _token_numbers(texts: list[str], numbers: defaultdict, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
     """Each review's tokens as numbers in order of first sight (shared ``numbers``), flat."""
     flat, lengths = [], []
-    for text in texts:
-        tokens = tokenize(text)
-        flat.extend(map(numbers.__getitem__, tokens))
-        lengths.append(len(tokens))
+    for start in range(0, len(texts), PROGRESS_STEP):
+        chunk = texts[start:start + PROGRESS_STEP]
+        for text in chunk:
+            tokens = tokenize(text)
+            flat.extend(map(numbers.__getitem__, tokens))
+            lengths.append(len(tokens))
+        progress.update(len(chunk))
     return np.array(flat, dtype=np.int64), np.array(lengths, dtype=np.int64)
 
 
 def _encode_texts(corpus: Corpus, train_idx: np.ndarray, num_words: int) -> tuple[Vocabulary, Encoded, Encoded]:
     """Tokenize once, count words on the training part, then map numbers to ids with numpy."""
     numbers = defaultdict(itertools.count().__next__)
-    train_flat, train_lengths = _token_numbers(corpus.train_texts, numbers)
-    test_flat, test_lengths = _token_numbers(corpus.test_texts, numbers)
+    with Progress("tokenizing", len(corpus.train_texts) + len(corpus.test_texts), "reviews", log) as progress:
+        train_flat, train_lengths = _token_numbers(corpus.train_texts, numbers, progress)
+        test_flat, test_lengths = _token_numbers(corpus.test_texts, numbers, progress)
     tokens = list(numbers)  # tokens[k] has number k
     in_training_part = np.zeros(len(train_lengths), dtype=bool)
     in_training_part[train_idx] = True

@@ -1,9 +1,12 @@
 """The servable model: raw review text in, probability of "positive" and a label out.
 
 An MLflow pyfunc model bundling the Keras model, vocab.json (vocabulary, maxlen, padding) and
-this package's tokenizer, so it turns text into exactly the arrays the model was trained on.
-Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers
-with a 400 and the message, never a 500.
+this package's tokenizer, so it turns text into exactly the arrays the model was trained on;
+src/inference.py predicts (model.predict's probabilities to 1e-6, without its per-call cost).
+Bad input raises RequestError (an MlflowException, INVALID_PARAMETER_VALUE), which the scoring
+server answers with a 400 and the message, never a 500. In the scoring server every error answer
+is at most a few KB and says what is wrong first, whatever the size of the request
+(short_error; src/compat/mlflow_scoring.py).
 """
 
 import json
@@ -24,6 +27,46 @@ from src.tracking.registry import MODEL_NAME as REGISTERED_NAME
 MAX_REVIEW_CHARS = 100_000  # the longest of the 50,000 labelled reviews is about 14,000
 MAX_BATCH = 10_000
 LABELS = ("negative", "positive")
+MAX_ERROR_CHARS = 1_000  # of an error answer's message (and of each other text in it)
+
+
+class RequestError(MlflowException):
+    """A bad request: the scoring server answers 400 with ``problem`` alone as the message (short_error)."""
+
+    def __init__(self, problem: str):
+        self.problem = _cut(problem)
+        super().__init__(self.problem, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` if it is short; else its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{text[:head]} [... {len(text) - head - tail:,} characters left out ...] {text[-tail:]}"
+
+
+def short_error(error: MlflowException) -> None:
+    """Make the scoring server's answer to ``error`` short, and lead with what is wrong.
+
+    Ours is our sentence alone (the server puts the whole request before it); a body that is not
+    UTF-8 or not JSON is named with where it breaks (the server appends the whole body); any other
+    message loses the request the server put before it, and is cut to MAX_ERROR_CHARS, keeping its
+    start and end.
+    """
+    from src.compat.mlflow_scoring import model_message
+
+    cause = error.__cause__
+    if isinstance(error, RequestError):
+        error.message = error.problem
+    elif isinstance(cause, UnicodeDecodeError):
+        error.message = f"the request is not UTF-8: {cause.reason} at byte {cause.start:,}"
+    elif isinstance(cause, json.JSONDecodeError):
+        error.message = f"the request is not valid JSON: {cause}"
+    else:
+        error.message = _cut(model_message(error.message))
+    error.json_kwargs = {key: _cut(value) if isinstance(value, str) else value
+                         for key, value in error.json_kwargs.items()}
 
 
 def reviews_from_input(model_input) -> list[str]:
@@ -68,12 +111,18 @@ class SentimentModel(PythonModel):
     """pyfunc model: artifacts ``keras_model`` (.keras), ``vocab`` (vocab.json), ``config`` ({"threshold": t})."""
 
     def load_context(self, context):
+        from src.compat import mlflow_scoring
+        from src.inference import Predictor
         from src.text import read_vocab_json
 
         with open(context.artifacts["config"], encoding="utf-8") as stream:
             self.threshold = float(json.load(stream)["threshold"])
         self.encoder = read_vocab_json(context.artifacts["vocab"])
         self.model = training.load_model(context.artifacts["keras_model"])  # Keras' safe mode
+        serving = mlflow_scoring.in_scoring_server()
+        self.predictor = Predictor(self.model, compile_now=serving)  # a server compiles before its first request
+        if serving:
+            mlflow_scoring.rewrite_scoring_errors(short_error)
 
     # A DataFrame: MLflow turns every input into one before predict, by the signature (a list of
     # reviews becomes column 0). MLflow leaves a DataFrame hint alone, where list[str] would make
@@ -82,8 +131,8 @@ class SentimentModel(PythonModel):
         try:
             texts = reviews_from_input(model_input)
         except InvalidInput as error:  # the scoring server answers 400 with this message
-            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
-        return predictions_frame(training.predict(self.model, self.encoder.encode(texts)), self.threshold)
+            raise RequestError(str(error)) from None
+        return predictions_frame(self.predictor(self.encoder.encode(texts)), self.threshold)
 
 
 def signature():

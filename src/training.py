@@ -7,6 +7,7 @@ Keras is imported inside the functions (the TensorFlow import takes seconds).
 Training under a tf.distribute strategy (``train.distribution``): see src/distribution.py.
 """
 
+import logging
 import time
 import warnings
 import zipfile
@@ -21,6 +22,8 @@ from src.fileio import atomic_path
 from src.params import ModelParams, TrainParams
 
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "reviews_per_second")
+
+log = logging.getLogger("imdb_lstm.train")
 
 History = list[dict[str, float]]
 ArrayPair = tuple[np.ndarray, np.ndarray]
@@ -98,6 +101,19 @@ def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams) -
             length_bucketed_dataset(x_val, y_val, params.batch_size, params.seed))
 
 
+def plan(x_train: np.ndarray, x_val: np.ndarray, params: TrainParams) -> str:
+    """What training is about to do, in words: reviews, batches per epoch, epochs."""
+    from src.batching import batches_per_epoch
+
+    batches = batches_per_epoch(x_train, params.batch_size, params.bucket_by_length)
+    how = f"length-bucketed batches of at most {params.batch_size}" if params.bucket_by_length else \
+        f"batches of {params.batch_size}"
+    patience = params.early_stopping_patience
+    stopping = f", stopping once val_loss has not improved for {patience} epoch{'s' * (patience > 1)}" if patience else ""
+    return (f"training on {len(x_train):,} reviews, validating on {len(x_val):,}: {batches:,} {how} an epoch, "
+            f"at most {params.epochs} epoch{'s' * (params.epochs > 1)}{stopping}")
+
+
 def new_model(model_params: ModelParams, train_params: TrainParams, num_words: int, maxlen: int, strategy=None,
               word_vectors=None):
     """Seed everything, then build and compile the model, in ``strategy``'s scope when given.
@@ -128,7 +144,8 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
     With ``params.early_stopping_patience`` > 0, training stops once val_loss has not improved
     for that many epochs, and the weights of the epoch with the lowest val_loss are restored
     (the history keeps every epoch run). ``callbacks`` are extra keras.callbacks.Callback
-    objects, run after the recorder. ``verbose`` is Keras': 0 silent, 1 a progress bar.
+    objects, run after the recorder. ``verbose`` is Keras': 0 silent, 1 its progress bar; each epoch's
+    batches are shown anyway (src/progress.py: a bar on a terminal, a log line every 15 s otherwise).
 
     With a tf.distribute ``strategy`` (the model built in its scope: new_model), batches of
     ``params.batch_size`` reviews, the global batch, are split over its replicas; the
@@ -136,6 +153,9 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
     reviews_per_second counts every worker's reviews.
     """
     import keras
+
+    from src.batching import batches_per_epoch
+    from src.progress import training_progress
 
     num_words, maxlen = _model_input_size(model)
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
@@ -162,6 +182,8 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
             on_epoch(record)
 
     recorder = keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
+    progress = training_progress(batches_per_epoch(x_train, params.batch_size, params.bucket_by_length),
+                                 params.epochs, log)
     stopper = []
     if params.early_stopping_patience > 0:
         stopper = [keras.callbacks.EarlyStopping(
@@ -184,7 +206,7 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
             validation_data=val_data,
             epochs=params.epochs,
             shuffle=False,  # the dataset shuffles itself
-            callbacks=[recorder, *stopper, *callbacks],
+            callbacks=[progress, recorder, *stopper, *callbacks],
             verbose=verbose,
         )
     return history

@@ -116,7 +116,9 @@ def make_project(root: Path, data_dir: Path, train: int = 160, test: int = 80) -
     update_params(root, {"data": {"url": tarball.as_uri(), "sha256": sha256}, **TINY})
     run(["git", "init", "-q", "-b", "main"], root)
     dvc(root, "init", "-q")
-    dvc(root, "config", "core.analytics", "false")
+    # The repository's DVC settings (no analytics, the offline plots page) as a clone has them.
+    shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots")
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "tiny project"], root)
     return root

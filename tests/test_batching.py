@@ -84,3 +84,14 @@ def test_a_masked_lstm_gives_the_same_output_on_bucketed_batches(padding):
     for batch_x, batch_y in length_bucketed_dataset(x, y, 2, seed=0).as_numpy_iterator():
         np.testing.assert_allclose(model.predict(batch_x, verbose=0), full[batch_y.astype(int)], rtol=1e-5, atol=1e-6)
 
+
+@pytest.mark.parametrize(("maxlen", "batch_size", "bucketed"), [(60, 16, True), (60, 7, True), (60, 16, False),
+                                                                (10, 4, True), (60, 500, True)])
+def test_batches_per_epoch_counts_the_batches_an_epoch_yields(maxlen, batch_size, bucketed):
+    from src.batching import batches_per_epoch
+    from src.training import dataset
+
+    lengths = np.random.default_rng(5).integers(1, maxlen + 1, size=301)
+    x, y = padded(lengths, maxlen), np.zeros(301, np.float32)
+    data = length_bucketed_dataset(x, y, batch_size, seed=1) if bucketed else dataset(x, y, batch_size, 1)
+    assert batches_per_epoch(x, batch_size, bucketed) == sum(1 for _ in data)

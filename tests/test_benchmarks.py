@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from project import TINY
@@ -238,3 +239,30 @@ def test_seed_one_section_shows_the_ceiling_against_seed_one():
     lines = _seed_one({"compare_seed_one": compare})
     assert "| train.batch_size | `32` | `512` |" in lines
     assert "| 512 | 1,000 | 5.00x |" in lines and "| 1024 | 1,300 | 6.50x |" in lines
+
+
+@pytest.mark.slow
+def test_the_serving_benchmark_checks_what_the_server_answers(trained_project, tmp_path):
+    root, _ = trained_project
+    archive = write_aclimdb_tarball(tmp_path / "tiny.tar.gz", train=40, test=60)
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "benchmarks.serving", "--model", str(root / "models" / "model.keras"),
+               "--vocab", str(root / "data" / "processed" / "vocab.json"), "--archive", str(archive), "--out", str(out),
+               "--single", "20", "--batch", "300", "--batch-repeats", "2", "--error-body-mb", "1"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "serving.json").read_text())
+    assert report["model"] == {"trained": True, "path": str(root / "models" / "model.keras"), "fast_path": True}
+    assert report["agreement"]["reviews_compared"] == 10 + 20 + 300  # warm-up, timed, the large request
+    assert report["agreement"]["max_abs_difference"] <= 1e-6 and report["checks"]["agreement"]
+    single, batch = report["single"], report["batch"]
+    assert single["requests"] == 20 and 0 < single["p50_ms"] <= single["p90_ms"] <= single["p99_ms"]
+    assert batch["reviews"] == 300 and len(batch["seconds"]) == 2
+    assert batch["reviews_per_second"] == pytest.approx(300 / np.median(batch["seconds"]))
+    assert len(report["errors"]) == 5 and report["server_alive_after_errors"] and report["checks"]["error_answers"]
+    for error in report["errors"].values():
+        assert error["body_bytes"] > 10**6 and error["status"] == 400 and error["answer_bytes"] <= 4096
+    assert report["errors"]["a number after 9,999 reviews"]["message"] == "review 9999 is int, not a string"
+    assert report["errors"]["not JSON"]["message"].startswith("the request is not valid JSON")
+    markdown = (out / "serving.md").read_text()
+    assert "| one review a request: p50 / p90 / p99 |" in markdown and "| not UTF-8 | 1.0 MB | 400 |" in markdown

@@ -10,7 +10,7 @@ import inspect
 import numpy as np
 import pytest
 
-from src.compat import keras_internals, mlflow_internals
+from src.compat import keras_internals, mlflow_internals, mlflow_scoring
 
 
 def changed(package: str, internal: str, module: str) -> str:
@@ -65,6 +65,44 @@ def test_mlflow_logs_its_database_errors_under_the_logger_we_filter():
         pytest.fail(changed("mlflow", f"{mlflow_internals.STORE_LOGGER} is gone", "mlflow_internals.py"))
     assert "_logger.exception" in inspect.getsource(db_utils) and db_utils._logger.name == mlflow_internals.STORE_LOGGER, \
         changed("mlflow", f"database errors are no longer logged by {mlflow_internals.STORE_LOGGER}", "mlflow_internals.py")
+
+
+
+# --- MLflow: the scoring server's error answers (src/serving.py) -------------------------------------
+
+def test_mlflow_scoring_server_looks_invocations_up_at_each_request_and_names_its_model_in_the_environment():
+    from mlflow.pyfunc import scoring_server
+
+    assert isinstance(getattr(scoring_server, "_SERVER_MODEL_PATH", None), str), \
+        changed("mlflow", "scoring_server._SERVER_MODEL_PATH is gone", "mlflow_scoring.py")
+    command, env = scoring_server.get_cmd("/some/model")
+    assert env[scoring_server._SERVER_MODEL_PATH], \
+        changed("mlflow", "the server command no longer names its model in _SERVER_MODEL_PATH", "mlflow_scoring.py")
+    assert "to_thread(invocations," in inspect.getsource(scoring_server.init), \
+        changed("mlflow", "the server's /invocations no longer calls the module's invocations()", "mlflow_scoring.py")
+    assert "e.message = f\"Failed to predict data '{data}'. \\nError: {e.message}\"" in \
+        inspect.getsource(scoring_server.invocations), \
+        changed("mlflow", "invocations() puts the request before a model's error otherwise", "mlflow_scoring.py")
+    assert mlflow_scoring.model_message("Failed to predict data '[1, 2]'. \nError: the model's") == "the model's"
+
+
+def test_mlflow_scoring_errors_pass_through_the_rewrite(monkeypatch):
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    monkeypatch.setattr(scoring_server, "invocations", scoring_server.invocations)  # restored after the test
+    seen = []
+    mlflow_scoring.rewrite_scoring_errors(seen.append)
+    mlflow_scoring.rewrite_scoring_errors(seen.append)  # once per process: not wrapped twice
+    with pytest.raises(MlflowException) as raised:
+        scoring_server.invocations(b"{not json", "application/json", SimpleNamespace(metadata=None), None)
+    assert seen == [raised.value], changed("mlflow", "invocations() raises no MlflowException for a body that is not JSON",
+                                           "mlflow_scoring.py")
+    assert type(raised.value.__cause__).__name__ == "JSONDecodeError", \
+        changed("mlflow", "the MlflowException for a body that is not JSON is no longer caused by the JSONDecodeError",
+                "mlflow_scoring.py")
 
 
 # --- Keras: Model.fit under a tf.distribute strategy (src/distribution.py) ------------------------

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from src.errors import InvalidInput
-from src.serving import MAX_REVIEW_CHARS, predictions_frame, reviews_from_input
+from src.serving import MAX_ERROR_CHARS, MAX_REVIEW_CHARS, RequestError, predictions_frame, reviews_from_input, short_error
 from conftest import REPO_ROOT
 from project import clean_env, server_process
 
@@ -54,6 +54,38 @@ def test_labels_follow_the_threshold():
     assert frame["probability"].tolist() == [0.2, 0.5, 0.51]
 
 
+def test_an_error_answer_is_short_and_says_what_is_wrong_first():
+    from mlflow.exceptions import MlflowException
+
+    ours = RequestError("review 3 is int, not a string")
+    ours.message = f"Failed to predict data '{['a fine film'] * 100_000}'. \nError: {ours.message}"  # as MLflow does
+    short_error(ours)
+    assert ours.message == "review 3 is int, not a string"
+    assert len(RequestError("x" * 10**6).message) < MAX_ERROR_CHARS + 100  # even our own, were it long
+
+    body = b'{"inputs": ["' + b"a fine film " * 10**5
+    for bad, expected in ((body, "the request is not valid JSON: Unterminated string starting at: line 1 column 13 (char 12)"),
+                          (body + b'\xff"]}', "the request is not UTF-8: invalid start byte at byte 1,200,013")):
+        try:
+            json.loads(bad)
+        except ValueError as cause:
+            error = MlflowException(f"Ensure that input is a valid JSON formatted string. Error: {cause!r}\nInput: {bad}")
+            error.__cause__ = cause
+        short_error(error)
+        assert error.message == expected
+
+    theirs = MlflowException("The input must hold one of ... Received dictionary with input fields: "
+                             + repr([f"key{i}" for i in range(10**5)]), stack_trace="x" * 10**6)
+    short_error(theirs)
+    assert theirs.message.startswith("The input must hold one of ... Received dictionary with input fields: ['key0', ")
+    assert "characters left out" in theirs.message and theirs.message.endswith("'key99999']")
+    assert len(theirs.serialize_as_json()) < 3 * MAX_ERROR_CHARS
+
+    schema = MlflowException(f"Failed to predict data '{['a fine film'] * 10**5}'. \nError: Failed to enforce schema")
+    short_error(schema)
+    assert schema.message == "Failed to enforce schema"
+
+
 # --- the registered model of a tiny trained project ---------------------------------------------
 
 
@@ -80,7 +112,7 @@ def registered(trained_project):
 
 
 @pytest.mark.slow
-def test_pyfunc_gives_exactly_the_keras_probabilities(registered):
+def test_pyfunc_gives_the_keras_probabilities(registered):
     import keras
     import mlflow
 
@@ -93,7 +125,8 @@ def test_pyfunc_gives_exactly_the_keras_probabilities(registered):
     keras_model = keras.saving.load_model(root / "models" / "model.keras", compile=False, safe_mode=True)
     expected = keras_model.predict(x, batch_size=512, verbose=0).reshape(-1)
     predictions = mlflow.pyfunc.load_model("models:/imdb-sentiment@champion").predict(texts)
-    np.testing.assert_array_equal(predictions["probability"].to_numpy(), expected.astype(np.float64))
+    # to 1e-6, not bit for bit: the served model runs its own forward pass (src/inference.py)
+    np.testing.assert_allclose(predictions["probability"].to_numpy(), expected.astype(np.float64), rtol=0, atol=1e-6)
     assert set(predictions["label"]) <= {"positive", "negative"}
 
 
@@ -169,7 +202,22 @@ def test_server_refuses_bad_requests_with_4xx_and_stays_up(server, body):
     response = _invoke(server, body)
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
     assert response.json()["message"]
+    assert len(response.content) <= 4096 and "Failed to predict data" not in response.text
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("body", "message"), [
+    ({"inputs": ["a fine film"] * 9_999 + [5]}, "review 9999 is int, not a string"),
+    ({"inputs": ["a fine film " * 40_000] * 5}, "review 0 has 480000 characters; at most 100000 are accepted"),
+    ({"inputs": ["a fine film " * 20] * 20_000}, "20000 reviews in one request; send at most 10000"),
+    (b'{"inputs": ["' + b"a fine film " * 400_000, "the request is not valid JSON: Unterminated string starting at: "),
+    (b'{"inputs": ["' + b"a fine film " * 400_000 + b'\xff"]}', "the request is not UTF-8: invalid start byte at byte "),
+])
+def test_an_error_answer_to_megabytes_is_short_and_names_the_problem_first(server, body, message):
+    response = _invoke(server, body)
+    assert response.status_code == 400 and len(response.content) <= 4096, (response.status_code, len(response.content))
+    assert response.json()["message"].startswith(message), response.json()["message"][:300]
 
 
 @pytest.mark.slow
@@ -184,8 +232,7 @@ def test_server_takes_10000_reviews_and_refuses_more_with_a_400_and_stays_up(ser
     assert len(at_most.json()["predictions"]) == 10_000
     too_many = _invoke(server, body(10_001))
     assert too_many.status_code == 400, (too_many.status_code, too_many.text[:300])
-    # MLflow's scoring server puts "Failed to predict data '<the whole input>'. \nError: " before it
-    assert too_many.json()["message"].endswith("Error: 10001 reviews in one request; send at most 10000")
+    assert too_many.json()["message"] == "10001 reviews in one request; send at most 10000"
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
     again = _invoke(server, body(2))
     assert again.status_code == 200 and len(again.json()["predictions"]) == 2
