@@ -19,10 +19,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.project import REPO_ROOT, command_env
+from benchmarks.project import REPO_ROOT, command_env, free_port, running_server
 from src.cli import run_stage
 from src.errors import BenchmarkError
 from src.fileio import write_text
@@ -107,38 +104,14 @@ def log_model(model: Path, vocab: Path, folder: Path) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def served(model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 300):
+def served(model_uri: str, tracking_uri: str, timeout: float = 300):
     """`mlflow models serve` on a free loopback port: yields its URL once /ping answers; stops it after."""
-    import requests
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "w", encoding="utf-8") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=command_env(MLFLOW_TRACKING_URI=tracking_uri),
-                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
-        try:
-            while True:
-                if process.poll() is not None:
-                    raise BenchmarkError(f"`mlflow models serve` exited {process.returncode}; see {log_path}")
-                with contextlib.suppress(requests.ConnectionError):
-                    if requests.get(f"{url}/ping", timeout=5).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise BenchmarkError(f"`mlflow models serve` did not answer within {timeout:g} s; see {log_path}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    url = f"http://127.0.0.1:{port}"
+    with running_server(command, REPO_ROOT, url, "/ping", timeout, command_env(MLFLOW_TRACKING_URI=tracking_uri)):
+        yield url
 
 
 def invoke(session, url: str, body: bytes) -> tuple[float, object]:
@@ -267,8 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         described["fast_path"] = Predictor(model).fast
         tracking_uri, model_uri = log_model(model_path, vocab_path, folder)
         log.info("serving %s ...", model_uri)
-        (args.out / "logs").mkdir(exist_ok=True)
-        with served(model_uri, tracking_uri, args.out / "logs" / "serving-server.log") as url:
+        with served(model_uri, tracking_uri) as url:
             figures = measure(url, texts, expected.astype(np.float64), args)
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": ["python", "-m", "benchmarks.serving", *(sys.argv[1:] if argv is None else argv)],
