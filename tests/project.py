@@ -84,9 +84,11 @@ def update_params(root: Path, changes: dict) -> None:
 
 
 def make_workspace(folder: Path, tarball_name: str = "aclImdb_tiny.tar.gz") -> Path:
-    """In ``folder``: a tiny tarball, its reviews in raw/, arrays in processed/ and params.yaml (one epoch)."""
+    """In ``folder``: a tiny tarball, its reviews in raw/, arrays in processed/, the pretrain stage's output in
+    pretrained/ and params.yaml (one epoch)."""
     import json
 
+    from pipeline import pretrain
     from src.download import safe_extract_reviews
     from src.params import params_from_dict
     from src.preprocess import preprocess, write_outputs
@@ -99,6 +101,8 @@ def make_workspace(folder: Path, tarball_name: str = "aclImdb_tiny.tar.gz") -> P
     (folder / "raw" / "source.json").write_text(json.dumps({"source": "aclimdb"}))
     write_outputs(preprocess(folder / "raw", params_from_dict(raw).preprocess),
                   folder / "processed", folder / "preprocess.json")
+    pretrain.main(["--params", str(folder / "params.yaml"), "--raw", str(folder / "raw"), "--data",
+                   str(folder / "processed"), "--out", str(folder / "pretrained")])
     return folder
 
 

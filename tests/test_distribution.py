@@ -42,6 +42,7 @@ from src.distribution import (
 from src.errors import ParamsError
 from src.fileio import load_npz
 from src.params import load_params
+from src.pretrain import load_teacher_labels, load_word_vectors
 from src.text import read_vocab_json
 from src.training import load_model, new_model, predict, train
 
@@ -251,10 +252,10 @@ def test_mirrored_over_two_devices_gives_the_weights_of_one_process(tiny_params,
 
 @pytest.fixture(scope="module")
 def cluster_project(tmp_path_factory):
-    """A tiny project after `dvc repro preprocess`, set to train on several workers."""
+    """A tiny project after `dvc repro pretrain` (what train reads), set to train on several workers."""
     base = tmp_path_factory.mktemp("workers")
     root = make_project(base / "project", base / "data")
-    dvc(root, "repro", "preprocess")
+    dvc(root, "repro", "pretrain")
     update_params(root, {"train": {"distribution": "multi_worker", "learning_rate": 0.02, "bucket_by_length": False}})
     return root
 
@@ -349,8 +350,12 @@ def test_two_workers_train_one_model_that_only_the_chief_saves_and_logs(cluster_
     processed = cluster_project / "data" / "processed"
     encoder = read_vocab_json(processed / "vocab.json")
     data = {name: load_npz(processed / f"{name}.npz") for name in ("train", "val")}
-    alone = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen)
-    train(alone, (data["train"]["x"], data["train"]["y"]), (data["val"]["x"], data["val"]["y"]), params.train)
+    pretrained = cluster_project / "data" / "pretrained"
+    word_vectors = load_word_vectors(pretrained, encoder.vocabulary.num_words, params.model.embedding_dim)
+    teacher = load_teacher_labels(pretrained, encoder.vocabulary.num_words, encoder.maxlen)
+    alone = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen, word_vectors=word_vectors)
+    train(alone, (data["train"]["x"], data["train"]["y"]), (data["val"]["x"], data["val"]["y"]), params.train,
+          teacher_xy=None if teacher is None else (teacher.x, teacher.y))
     for two, one in zip(saved.get_weights(), alone.get_weights()):
         np.testing.assert_allclose(two, one, atol=1e-5)
 

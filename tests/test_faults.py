@@ -135,7 +135,7 @@ def _stage_command(stage: str, work: Path, out: Path) -> list[str]:
         "download": ["--downloads", str(out / "downloads"), "--out", str(out / "raw")],
         "preprocess": ["--raw", str(work / "raw"), "--out", str(out / "processed"),
                        "--metrics", str(out / "preprocess.json")],
-        "train": ["--data", str(work / "processed"), "--model", str(out / "model.keras"),
+        "train": ["--data", str(work / "processed"), "--pretrained", str(work / "pretrained"), "--model", str(out / "model.keras"),
                   "--run-info", str(out / "run.json"), "--history", str(out / "history.csv")],
     }[stage]
     return [sys.executable, "-m", f"pipeline.{stage}", "--params", str(work / "params.yaml"), *args]

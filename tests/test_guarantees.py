@@ -352,7 +352,8 @@ def test_train_stops_at_once_when_the_tracking_server_cannot_be_used(workspace, 
     uri = f"http://{USERINFO}@127.0.0.1:{port}"
     out = tmp_path / "out"
     result, seconds = _stage("train", tmp_path, "--params", str(workspace / "params.yaml"),
-                             "--data", str(workspace / "processed"), "--model", str(out / "models" / "model.keras"),
+                             "--data", str(workspace / "processed"),
+                             "--pretrained", str(workspace / "pretrained"), "--model", str(out / "models" / "model.keras"),
                              "--run-info", str(out / "models" / "run.json"), "--history", str(out / "history.csv"),
                              timeout=90, MLFLOW_TRACKING_URI=uri)
     assert seconds < 30, f"took {seconds:.0f} s"

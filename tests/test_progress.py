@@ -118,7 +118,7 @@ def workspace(tmp_path_factory):
 
 def train_command(folder, name: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.train", "--params", str(folder / "params.yaml"), "--data",
-            str(folder / "processed"), "--model", str(folder / name / "model.keras"), "--run-info",
+            str(folder / "processed"), "--pretrained", str(folder / "pretrained"), "--model", str(folder / name / "model.keras"), "--run-info",
             str(folder / name / "run.json"), "--history", str(folder / name / "history.csv")]
 
 

@@ -162,7 +162,8 @@ def test_each_split_is_a_dataset_named_by_its_file_with_dvcs_md5(client, tmp_pat
 
 @pytest.fixture
 def processed(tmp_path, tiny_params_dict):
-    """Preprocessed tiny data and a params file, as the train stage finds them."""
+    """Preprocessed tiny data, the pretrain stage's output and a params file, as the train stage finds them."""
+    from pipeline import pretrain
     from src.download import safe_extract_reviews
     from src.preprocess import preprocess, write_outputs
     from src.params import params_from_dict
@@ -173,12 +174,15 @@ def processed(tmp_path, tiny_params_dict):
     (raw / "source.json").write_text(json.dumps({"source": "aclimdb"}))
     params = params_from_dict(tiny_params_dict)
     write_outputs(preprocess(raw, params.preprocess), tmp_path / "processed", tmp_path / "preprocess.json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict))
+    pretrain.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--data", str(tmp_path / "processed"),
+                   "--out", str(tmp_path / "pretrained")])
     return tmp_path
 
 
 def _train_command(folder: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline.train", "--params", str(folder / "params.yaml"),
-            "--data", str(folder / "processed"), "--model", str(folder / "models" / "model.keras"),
+            "--data", str(folder / "processed"), "--pretrained", str(folder / "pretrained"), "--model", str(folder / "models" / "model.keras"),
             "--run-info", str(folder / "models" / "run.json"), "--history", str(folder / "history.csv")]
 
 
