@@ -20,9 +20,9 @@ ALL_UNLABELLED = 50_000  # pretrain.teacher_reviews: every unlabelled review of 
 
 
 def _variant(method: str = "word2vec", algorithm: str = "skipgram", teacher: int = ALL_UNLABELLED, unlabelled: bool = True,
-             frozen: bool = False) -> dict:
+             frozen: bool = False, **train) -> dict:
     return {"pretrain": {"method": method, "algorithm": algorithm, "teacher_reviews": teacher, "unlabelled": unlabelled},
-            "model": {"freeze_embedding": frozen}}
+            "model": {"freeze_embedding": frozen}, **({"train": train} if train else {})}
 
 
 # name -> the params it sets, whatever the benchmark's own run has
@@ -31,6 +31,7 @@ VARIANTS = {
     "word2vec skipgram, fine-tuned, no teacher": _variant(teacher=0),
     "teacher only (random embedding)": _variant(method="none"),
     "word2vec skipgram, fine-tuned, teacher": _variant(),
+    "word2vec skipgram, fine-tuned, every teacher review every epoch": _variant(teacher_reviews_per_epoch=0),
     "word2vec skipgram, frozen, teacher": _variant(frozen=True),
     "word2vec cbow, fine-tuned, teacher": _variant(algorithm="cbow"),
     "word2vec skipgram from the training reviews alone, no teacher": _variant(teacher=0, unlabelled=False),

@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     data = Path(args.data)
     encoder = read_vocab_json(data / "vocab.json")
     splits = {name: load_npz(data / f"{name}.npz") for name in ("train", "val")}
+    teacher = load_teacher_labels(args.pretrained, encoder.vocabulary.num_words, encoder.maxlen)
+    teacher_xy = None if teacher is None else (teacher.x, teacher.y)
     # within a second or two of starting: MLflow and TensorFlow take several more to load
-    log.info("%s; loading MLflow and TensorFlow", plan(splits["train"]["x"], splits["val"]["x"], params.train))
+    log.info("%s; loading MLflow and TensorFlow", plan(splits["train"]["x"], splits["val"]["x"], params.train, teacher_xy))
     if chief:
         from src.tracking import store
 
@@ -61,15 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         log.info("the embedding starts from %d pretrained word vectors (%s)", word_vectors.known.sum(),
                  "frozen" if params.model.freeze_embedding else "fine-tuned")
-    teacher = load_teacher_labels(args.pretrained, encoder.vocabulary.num_words, encoder.maxlen)
-    if teacher is not None:
-        log.info("first one epoch on %d unlabelled reviews labelled by the teacher, then the labelled reviews",
-                 len(teacher.y))
 
     strategy = distribution.start(params, task, splits)  # before any other TensorFlow use; waits for every worker
 
     if not chief:
-        model, _ = fit(params, encoder, splits, (word_vectors, teacher), strategy,
+        model, _ = fit(params, encoder, splits, (word_vectors, teacher_xy), strategy,
                        on_epoch=lambda record: log_epoch(f"{task.name}: ", record))
         log.info("%s done: final weights %s; the chief saves the model", task.name,
                  distribution.weights_digest(model.get_weights()))
@@ -92,12 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             log_epoch(f"{task.name} (chief): " if task else "", record)
             mlflow.log_metrics(metrics.epoch_metrics(record), step=record["epoch"])
 
-        def on_teacher_epoch(record: dict) -> None:
-            log.info("teacher epoch: loss %.4g on %d reviews, %.1f s", record["teacher_loss"],
-                     record["teacher_reviews"], record["teacher_seconds"])
-            mlflow.log_metrics({"teacher_loss": record["teacher_loss"], "system/teacher_seconds": record["teacher_seconds"]})
-
-        model, history = fit(params, encoder, splits, (word_vectors, teacher), strategy, on_epoch, on_teacher_epoch)
+        model, history = fit(params, encoder, splits, (word_vectors, teacher_xy), strategy, on_epoch)
         final, step = metrics.final_metrics(history, kept_epoch(history, params.train))
         mlflow.log_metrics(final, step=step)
         log.info("final weights %s (epoch %d's)", distribution.weights_digest(model.get_weights()), final["best_epoch"])
@@ -111,15 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     log.info("saved %s; MLflow run %s", args.model, run.info.run_id)
 
 
-def fit(params, encoder, splits, pretrained, strategy, on_epoch, on_teacher_epoch=None):
-    """Build the model (from the pretrained word vectors, if any) and train it (the teacher's epoch first, if any)."""
+def fit(params, encoder, splits, pretrained, strategy, on_epoch):
+    """Build the model (from the pretrained word vectors, if any) and train it (with the teacher's reviews, if any)."""
     from src.training import new_model, train
 
-    word_vectors, teacher = pretrained
+    word_vectors, teacher_xy = pretrained
     model = new_model(params.model, params.train, encoder.vocabulary.num_words, encoder.maxlen, strategy, word_vectors)
     history = train(model, (splits["train"]["x"], splits["train"]["y"]), (splits["val"]["x"], splits["val"]["y"]),
-                    params.train, on_epoch=on_epoch, strategy=strategy,
-                    teacher_xy=None if teacher is None else (teacher.x, teacher.y), on_teacher_epoch=on_teacher_epoch)
+                    params.train, on_epoch=on_epoch, strategy=strategy, teacher_xy=teacher_xy)
     return model, history
 
 

@@ -27,18 +27,33 @@ def bucket_boundaries(maxlen: int, width: int = BUCKET_WIDTH) -> list[int]:
     return list(range(width + 1, maxlen + 1, width))
 
 
-def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+def with_a_sample_each_epoch(x: np.ndarray, y: np.ndarray, extra, seed: int):
+    """(tf.data.Dataset of every (x, float32 y) and, with ``extra`` = (reviews, labels, count), count of
+    those reviews drawn afresh each epoch (seeded); the number of examples an epoch holds)."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+    if extra is None:
+        return data, len(x)
+    extra_x, extra_y, count = extra
+    drawn = tf.data.Dataset.from_tensor_slices((extra_x, extra_y.astype("float32")))
+    drawn = drawn.shuffle(len(extra_x), seed=seed + 1, reshuffle_each_iteration=True).take(count)
+    return data.concatenate(drawn), len(x) + count
+
+
+def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, extra=None):
     """A tf.data.Dataset of (ids, float32 labels) batches of reviews of similar length, reshuffled each epoch.
 
     Each review loses its padding, the reviews are shuffled, and tf.data's
     bucket_by_sequence_length batches them by length, padding each batch (after the words)
-    to its longest review. Every review is in exactly one batch per epoch.
+    to its longest review. Every review is in exactly one batch per epoch. ``extra``
+    (reviews, labels, count) adds count of those reviews to each epoch, drawn afresh.
     """
     import tensorflow as tf
 
     boundaries = bucket_boundaries(x.shape[1])
-    data = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
-    data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    data, size = with_a_sample_each_epoch(x, y, extra, seed)
+    data = data.shuffle(size, seed=seed, reshuffle_each_iteration=True)
     data = data.map(lambda ids, label: (tf.boolean_mask(ids, ids != 0), label))
     data = data.bucket_by_sequence_length(
         lambda ids, label: tf.shape(ids)[0], boundaries, [batch_size] * (len(boundaries) + 1),

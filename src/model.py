@@ -208,8 +208,26 @@ def fused_adam() -> type:
     return FusedAdam
 
 
+@functools.cache
+def label_accuracy():
+    """The accuracy metric: the share of reviews on their label's side of 0.5.
+
+    A teacher's probability (train.teacher_reviews_per_epoch) counts as the label it leans to;
+    Keras' "accuracy" would count it wrong unless exactly 0 or 1. On 0/1 labels the two agree.
+    """
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="imdb_lstm")
+    def accuracy(y_true, y_pred):
+        return ops.cast(ops.equal(ops.reshape(y_true, (-1,)) > 0.5, ops.reshape(y_pred, (-1,)) > 0.5), "float32")
+
+    return accuracy
+
+
 def register_custom_layers() -> None:
-    """Make the custom layers (and the optimizer) known to keras.saving.load_model."""
+    """Make the custom layers, the metric and the optimizer known to keras.saving.load_model."""
+    label_accuracy()
     word_dropout()
     masked_max_pooling()
     masked_max_mean_pooling()
@@ -228,4 +246,4 @@ def make_optimizer(name: str, learning_rate: float):
 def compile_model(model, params: TrainParams) -> None:
     """Binary cross-entropy, accuracy, and the optimizer ``params.optimizer`` at ``params.learning_rate``."""
     model.compile(loss="binary_crossentropy", optimizer=make_optimizer(params.optimizer, params.learning_rate),
-                  metrics=["accuracy"])
+                  metrics=[label_accuracy()])

@@ -125,6 +125,7 @@ class TrainParams:
     # How batch_size and learning_rate behave across replicas: see src/distribution.py.
     distribution: str = field(metadata=_rule(choices=("none", "mirrored", "multi_worker")))
     bucket_by_length: bool = field(default=False, metadata=_rule())
+    teacher_reviews_per_epoch: int = field(default=0, metadata=_rule(minimum=0, maximum=10_000_000))
 
 
 @dataclass(frozen=True)

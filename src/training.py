@@ -66,8 +66,11 @@ def _model_input_size(model) -> tuple[int, int]:
     return embedding_layer(model).input_dim, model.input_shape[1]
 
 
-def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None, extra=None):
     """A tf.data pipeline of (ids, float32 labels) batches, reshuffled each epoch when given a seed.
+
+    ``extra`` (src.batching.with_a_sample_each_epoch's: reviews, labels, how many) adds that many
+    of those reviews, drawn afresh each epoch.
 
     The order depends on the seeds alone (this one and the global one make_deterministic
     sets): each epoch a new one, the same on every worker, as sharding by DATA needs
@@ -77,40 +80,60 @@ def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     """
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+    from src.batching import with_a_sample_each_epoch
+
+    data, size = with_a_sample_each_epoch(x, y, extra, shuffle_seed or 0)
     if shuffle_seed is not None:
-        data = data.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+        data = data.shuffle(size, seed=shuffle_seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return data.batch(batch_size).with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams) -> tuple:
+def teacher_sample(teacher_xy: ArrayPair | None, params: TrainParams):
+    """(reviews, probabilities, how many each epoch) of the teacher's reviews, or None without them."""
+    if teacher_xy is None:
+        return None
+    per_epoch = params.teacher_reviews_per_epoch or len(teacher_xy[0])
+    return teacher_xy[0], teacher_xy[1], min(per_epoch, len(teacher_xy[0]))
+
+
+def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams, teacher_xy: ArrayPair | None = None) -> tuple:
     """model.fit's training data and validation_data: tf.data pipelines, or length-bucketed batches.
 
     With ``params.bucket_by_length`` (src/batching.py) each batch holds reviews of similar length
     and is padded only to its longest: the default model trains faster at maxlen 400 (benchmarks/results/README.md).
+    With ``teacher_xy``, each epoch also trains on ``params.teacher_reviews_per_epoch`` of them, drawn afresh.
     """
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
+    extra = teacher_sample(teacher_xy, params)
     if not params.bucket_by_length:
-        return (dataset(x_train, y_train, params.batch_size, shuffle_seed=params.seed),
+        return (dataset(x_train, y_train, params.batch_size, shuffle_seed=params.seed, extra=extra),
                 dataset(x_val, y_val, params.batch_size))
     from src.batching import length_bucketed_dataset
 
-    return (length_bucketed_dataset(x_train, y_train, params.batch_size, params.seed),
+    return (length_bucketed_dataset(x_train, y_train, params.batch_size, params.seed, extra),
             length_bucketed_dataset(x_val, y_val, params.batch_size, params.seed))
 
 
-def plan(x_train: np.ndarray, x_val: np.ndarray, params: TrainParams) -> str:
-    """What training is about to do, in words: reviews, batches per epoch, epochs."""
+def _epoch_reviews(x_train: np.ndarray, teacher_xy: ArrayPair | None, params: TrainParams) -> np.ndarray:
+    """The reviews of one epoch: the labelled ones and, with a teacher, as many of its reviews as an epoch draws."""
+    extra = teacher_sample(teacher_xy, params)
+    return x_train if extra is None else np.concatenate([x_train, extra[0][:extra[2]]])
+
+
+def plan(x_train: np.ndarray, x_val: np.ndarray, params: TrainParams, teacher_xy: ArrayPair | None = None) -> str:
+    """What training is about to do, in words: reviews, batches per epoch (about, with a teacher), epochs."""
     from src.batching import batches_per_epoch
 
-    batches = batches_per_epoch(x_train, params.batch_size, params.bucket_by_length)
+    batches = batches_per_epoch(_epoch_reviews(x_train, teacher_xy, params), params.batch_size, params.bucket_by_length)
     how = f"length-bucketed batches of at most {params.batch_size}" if params.bucket_by_length else \
         f"batches of {params.batch_size}"
     patience = params.early_stopping_patience
     stopping = f", stopping once val_loss has not improved for {patience} epoch{'s' * (patience > 1)}" if patience else ""
-    return (f"training on {len(x_train):,} reviews, validating on {len(x_val):,}: {batches:,} {how} an epoch, "
+    extra = teacher_sample(teacher_xy, params)
+    teacher = "" if extra is None else f" and {extra[2]:,} of {len(extra[0]):,} teacher-labelled reviews drawn afresh each epoch"
+    return (f"training on {len(x_train):,} reviews{teacher}, validating on {len(x_val):,}: {batches:,} {how} an epoch, "
             f"at most {params.epochs} epoch{'s' * (params.epochs > 1)}{stopping}")
 
 
@@ -133,13 +156,12 @@ def new_model(model_params: ModelParams, train_params: TrainParams, num_words: i
 
 def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
           callbacks: Sequence = (), on_epoch: Callable[[dict], None] | None = None,
-          verbose: int | str = 0, strategy=None, teacher_xy: ArrayPair | None = None,
-          on_teacher_epoch: Callable[[dict], None] | None = None) -> History:
+          verbose: int | str = 0, strategy=None, teacher_xy: ArrayPair | None = None) -> History:
     """Fit a compiled model; return one record per epoch, also passed to ``on_epoch`` as it ends.
 
-    With ``teacher_xy`` (reviews and a teacher's probabilities, src/pretrain.py), one epoch on
-    them comes first: its record (teacher_loss, teacher_seconds, teacher_reviews) goes to
-    ``on_teacher_epoch``, not into the history, whose epochs are the labelled reviews'.
+    With ``teacher_xy`` (reviews and a teacher's probabilities, src/pretrain.py), every epoch
+    also trains on ``params.teacher_reviews_per_epoch`` of them (0: all), a new seeded draw
+    each epoch, shuffled in among the labelled reviews; loss and accuracy are over both.
 
     With ``params.early_stopping_patience`` > 0, training stops once val_loss has not improved
     for that many epochs, and the weights of the epoch with the lowest val_loss are restored
@@ -176,31 +198,24 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
         seconds = time.perf_counter() - started[0]
         record = {key: float(logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
         record = {"epoch": epoch + 1, **record, "epoch_seconds": seconds,
-                  "reviews_per_second": len(x_train) / seconds}
+                  "reviews_per_second": len(epoch_reviews) / seconds}
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
 
     recorder = keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
-    progress = training_progress(batches_per_epoch(x_train, params.batch_size, params.bucket_by_length),
+    epoch_reviews = _epoch_reviews(x_train, teacher_xy, params)
+    progress = training_progress(batches_per_epoch(epoch_reviews, params.batch_size, params.bucket_by_length),
                                  params.epochs, log)
     stopper = []
     if params.early_stopping_patience > 0:
         stopper = [keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True)]
-    train_data, val_data = training_data(train_xy, val_xy, params)
+    train_data, val_data = training_data(train_xy, val_xy, params, teacher_xy)
     with keras_fit_under(model, strategy, (x_train[:1], y_train[:1].astype("float32"))), warnings.catch_warnings():
         # Length-bucketed batches are counted only by running an epoch, so Keras 3.15 warns at each
         # epoch's end that the input "ran out of data": that end is the epoch's end, nothing is lost.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        if teacher_xy is not None:
-            teacher_data, _ = training_data(teacher_xy, val_xy, params)
-            start = time.perf_counter()
-            fitted = model.fit(teacher_data, epochs=1, shuffle=False, verbose=verbose)
-            record = {"teacher_loss": float(fitted.history["loss"][-1]), "teacher_seconds": time.perf_counter() - start,
-                      "teacher_reviews": len(teacher_xy[0])}
-            if on_teacher_epoch is not None:
-                on_teacher_epoch(record)
         model.fit(
             train_data,
             validation_data=val_data,

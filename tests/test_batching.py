@@ -71,6 +71,28 @@ def test_order_is_new_each_epoch_and_fixed_by_the_seed():
     assert first[0] != other[0]
 
 
+@pytest.mark.parametrize("bucketed", [True, False])
+def test_each_epoch_draws_a_new_sample_of_the_extra_reviews_beside_every_labelled_one(bucketed):
+    """The teacher's reviews (train.teacher_reviews_per_epoch): count of them an epoch, a new seeded draw each epoch."""
+    from src.training import dataset
+
+    x = padded(np.random.default_rng(4).integers(1, 40, size=100), 40)
+    y = np.arange(100, dtype=np.float32)  # rows 0-59 labelled, 60-99 the extra ones: the label names the row
+
+    def epochs(seed):
+        extra = (x[60:], y[60:], 15)
+        data = length_bucketed_dataset(x[:60], y[:60], 8, seed, extra) if bucketed else \
+            dataset(x[:60], y[:60], 8, shuffle_seed=seed, extra=extra)
+        return [sorted(np.concatenate([b for _, b in epoch]).astype(int).tolist()) for epoch in epochs_of(data, 3)]
+
+    first, again, other = epochs(7), epochs(7), epochs(8)
+    for rows in first:
+        assert rows[:60] == list(range(60))  # every labelled review once
+        assert len(rows) == 75 and len(set(rows)) == 75 and all(60 <= row < 100 for row in rows[60:])
+    assert first == again
+    assert len({tuple(rows) for rows in first}) == 3 and first != other
+
+
 @pytest.mark.parametrize("padding", ["pre", "post"])
 def test_a_masked_lstm_gives_the_same_output_on_bucketed_batches(padding):
     import keras

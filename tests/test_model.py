@@ -255,3 +255,11 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_outputs_float32(tiny_params):
     exact = build_model(model_params(bidirectional=True, pooling="max_mean"), NUM_WORDS, MAXLEN)
     exact.set_weights(model.get_weights())
     np.testing.assert_allclose(probabilities, exact.predict(x, verbose=0), atol=0.02)
+
+
+def test_accuracy_counts_a_teachers_probability_as_the_label_it_leans_to():
+    from src.model import label_accuracy
+
+    y_true = np.array([0.0, 1.0, 0.8, 0.3, 0.5], np.float32)  # 0/1 labels, then a teacher's probabilities
+    y_pred = np.array([[0.2], [0.9], [0.6], [0.7], [0.5]], np.float32)
+    assert np.asarray(label_accuracy()(y_true, y_pred)).tolist() == [1, 1, 1, 0, 1]

@@ -301,12 +301,33 @@ def test_the_embedding_starts_from_the_known_vectors(tiny_params_dict, frozen):
 
     x = rng.integers(0, 60, size=(64, 24)).astype(np.int32)
     y = np.array([label for _, label in make_split(64, 0)], dtype=np.int8)
-    teacher_epochs = []
     history = train(model, (x[:48], y[:48]), (x[48:], y[48:]), params.train,
-                    teacher_xy=(x[:20], rng.random(20).astype(np.float32)), on_teacher_epoch=teacher_epochs.append)
+                    teacher_xy=(x[:20], rng.random(20).astype(np.float32)))
     assert np.array_equal(embedding_layer(model).get_weights()[0], start) == frozen
-    assert [record["teacher_reviews"] for record in teacher_epochs] == [20] and teacher_epochs[0]["teacher_loss"] > 0
-    assert [record["epoch"] for record in history] == [1, 2]  # the labelled epochs only
+    assert [record["epoch"] for record in history] == [1, 2]
+
+
+def test_the_teachers_reviews_change_what_is_learnt_and_the_plan_says_how_many(tiny_params):
+    import dataclasses
+
+    from src.training import new_model, plan, train
+    from synthetic import make_split
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(3, 60, size=(64, 24)).astype(np.int32)
+    y = np.array([label for _, label in make_split(64, 0)], dtype=np.int8)
+    teacher = (rng.integers(3, 60, size=(30, 24)).astype(np.int32), rng.random(30).astype(np.float32))
+    some = dataclasses.replace(tiny_params.train, teacher_reviews_per_epoch=10)
+    weights = {}
+    for name, params, teacher_xy in [("none", tiny_params.train, None), ("10", some, teacher),
+                                     ("all", dataclasses.replace(some, teacher_reviews_per_epoch=0), teacher)]:
+        model = new_model(tiny_params.model, params, 60, 24)
+        train(model, (x[:48], y[:48]), (x[48:], y[48:]), params, teacher_xy=teacher_xy)
+        weights[name] = model.get_weights()
+    assert not np.allclose(weights["none"][0], weights["10"][0]) and not np.allclose(weights["10"][0], weights["all"][0])
+    assert "training on 48 reviews and 10 of 30 teacher-labelled reviews drawn afresh each epoch" in \
+        plan(x[:48], x[48:], some, teacher)
+    assert "and 30 of 30 teacher-labelled" in plan(x[:48], x[48:], dataclasses.replace(some, teacher_reviews_per_epoch=99), teacher)
 
 
 def test_teacher_probabilities_outside_0_1_are_refused(tiny_params):
