@@ -6,8 +6,8 @@ Two things, each optional:
   model's Embedding from them.
 - teacher labels (pretrain.teacher_reviews > 0): the baseline's model (TF-IDF + logistic
   regression, src/baseline.py) fit on the training reviews gives each of that many
-  unlabelled reviews a probability of being positive; the train stage first trains one
-  epoch on those reviews and probabilities (distillation), then on the labelled reviews.
+  unlabelled reviews a probability of being positive; the train stage trains on some of
+  those reviews and probabilities each epoch, beside the labelled reviews (distillation).
 
 Only the training part of the labelled reviews (after the validation split) and the
 archive's unlabelled reviews (aclImdb/train/unsup) are read: validation and test reviews
@@ -15,10 +15,14 @@ never reach it.
 
 Determinism: gensim's Word2Vec gives the same vectors for the same reviews and params only
 with one worker thread, and a hash of its own (Python's str hash changes between processes),
-so both are fixed here: the same data and params give byte-identical output.
+so both are fixed here: the same data and params give byte-identical output. word2vec's one
+thread leaves a core free: the teacher works in a second process meanwhile (its result does not
+depend on that).
 """
 
+import contextlib
 import logging
+import multiprocessing
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +116,23 @@ def teacher_labels(train_texts: list[str], train_labels: np.ndarray, unlabelled_
     return TeacherLabels(x, probabilities)
 
 
+@contextlib.contextmanager
+def _beside(function, arguments: tuple, wanted):
+    """Start ``function(*arguments)`` in a second process if ``wanted``; yield a call that waits for its result (None if not wanted)."""
+    if not wanted:
+        yield lambda: None
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: the child starts from this process' memory (no TensorFlow here, no threads yet)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        future = pool.submit(function, *arguments)
+        try:
+            yield future.result
+        finally:
+            future.cancel()
+
+
 @dataclass(frozen=True)
 class Pretrained:
     """What the pretrain stage learnt: either part may be None."""
@@ -137,15 +158,17 @@ def pretrain(train_x: np.ndarray, train_texts: list[str], train_labels: np.ndarr
         log.info("no unlabelled reviews in the data: pretraining learns from the %d training reviews alone"
                  "%s", len(train_x), ", and no teacher labels are made" if params.teacher_reviews else "")
     unlabelled_ids = encode_unlabelled(unlabelled, encoder) if unlabelled else []
-    if params.method == "word2vec":
-        reviews = review_ids(train_x) + unlabelled_ids
-        summary.update(training_reviews=len(train_x), unlabelled_reviews=len(unlabelled),
-                       words=int(sum(map(len, reviews))))
-        vectors = word2vec(reviews, encoder.vocabulary.num_words, dim, params)
-        summary["ids_with_vectors"] = int(vectors.known.sum())
-    if params.teacher_reviews and unlabelled:
-        teacher = teacher_labels(train_texts, train_labels, unlabelled, encoder, params.teacher_reviews, params.seed,
-                                 unlabelled_ids)
+    teacher_arguments = (train_texts, train_labels, unlabelled, encoder, params.teacher_reviews, params.seed,
+                         unlabelled_ids)
+    with _beside(teacher_labels, teacher_arguments, params.teacher_reviews and unlabelled) as teacher_result:
+        if params.method == "word2vec":
+            reviews = review_ids(train_x) + unlabelled_ids
+            summary.update(training_reviews=len(train_x), unlabelled_reviews=len(unlabelled),
+                           words=int(sum(map(len, reviews))))
+            vectors = word2vec(reviews, encoder.vocabulary.num_words, dim, params)
+            summary["ids_with_vectors"] = int(vectors.known.sum())
+        teacher = teacher_result()
+    if teacher is not None:
         summary.update(teacher_reviews=len(teacher.y), teacher_positive_share=round(float(teacher.y.mean()), 6))
     return Pretrained(vectors, teacher, summary)
 

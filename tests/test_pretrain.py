@@ -140,15 +140,16 @@ def training_reviews(raw: Path, params) -> tuple[list[str], np.ndarray]:
     return training_part(load_texts(raw), p.val_fraction, p.seed, p.train_reviews)
 
 
-def test_pretraining_reads_the_training_part_and_the_unlabelled_reviews_only(processed, tiny_params, monkeypatch):
+def test_pretraining_reads_the_training_part_and_the_unlabelled_reviews_only(processed, tiny_params, monkeypatch, tmp_path):
     raw, out = processed
-    seen, fitted = [], []
+    seen = []
+    fitted_file = tmp_path / "fitted.json"  # the teacher fits in a second process: it says what it read here
     real_word2vec, real_baseline = pretraining.word2vec, pretraining_baseline.make_baseline
 
     def spying_baseline(seed):
         model = real_baseline(seed)
         fit = model.fit
-        model.fit = lambda texts, labels: fitted.extend(texts) or fit(texts, labels)
+        model.fit = lambda texts, labels: (fitted_file.write_text(json.dumps(list(texts))), fit(texts, labels))[1]
         return model
 
     monkeypatch.setattr(pretraining, "word2vec", lambda reviews, *args: seen.extend(reviews) or real_word2vec(reviews, *args))
@@ -165,7 +166,7 @@ def test_pretraining_reads_the_training_part_and_the_unlabelled_reviews_only(pro
     assert Counter(tuple(ids.tolist()) for ids in seen) == as_reviews(arrays["train"]) + unlabelled
     assert not set(map(tuple, seen)) & (set(as_reviews(arrays["val"])) | set(as_reviews(arrays["test"])))
     # the teacher fits on the training part's own texts: the same reviews as train.npz, nothing else
-    assert fitted == texts and np.array_equal(encoder.encode(texts), arrays["train"])
+    assert json.loads(fitted_file.read_text()) == texts and np.array_equal(encoder.encode(texts), arrays["train"])
     vectors = learnt.word_vectors
     assert learnt.summary == {"method": "word2vec", "training_reviews": 30, "unlabelled_reviews": 30,
                               "words": sum(map(len, seen)), "ids_with_vectors": int(vectors.known.sum()),
