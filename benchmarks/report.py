@@ -105,7 +105,7 @@ def _stages(report: dict) -> list[str]:
 
 def _training(report: dict) -> list[str]:
     lines = ["## Training, per epoch", ""] + _paragraph(
-        "Epoch time includes the validation pass; reviews/s = training reviews / epoch time.")
+        "Epoch time includes the validation pass; reviews/s = reviews trained on (labelled and teacher-labelled) / epoch time.")
     return lines + _table(["epoch", "seconds", "reviews/s", "loss", "accuracy", "val_loss", "val_accuracy"], [
         [r["epoch"], f"{r['epoch_seconds']:.1f}", _n(r["reviews_per_second"]), f"{r['loss']:.4f}",
          f"{r['accuracy']:.4f}", f"{r['val_loss']:.4f}", f"{r['val_accuracy']:.4f}"] for r in report["training"]["epochs"]])

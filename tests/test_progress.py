@@ -12,6 +12,7 @@ import sys
 import termios
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -116,6 +117,12 @@ def workspace(tmp_path_factory):
     return folder
 
 
+def epoch_batches(folder) -> int:
+    """Batches of an epoch: the tiny data's 90 training reviews and all 30 of the teacher's (fewer than an epoch draws)."""
+    reviews = [load_npz(folder / "processed" / "train.npz")["x"], load_npz(folder / "pretrained" / "teacher.npz")["x"]]
+    return batches_per_epoch(np.concatenate(reviews), 8, bucketed=True)
+
+
 def train_command(folder, name: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.train", "--params", str(folder / "params.yaml"), "--data",
             str(folder / "processed"), "--pretrained", str(folder / "pretrained"), "--model", str(folder / name / "model.keras"), "--run-info",
@@ -134,8 +141,9 @@ def test_the_train_stage_says_its_plan_at_once_then_the_epoch_time_and_no_bar_in
     log = first_line + rest.decode()
     assert process.returncode == 0, log
     assert first_line_seconds < 5, f"{first_line_seconds:.1f} s: {first_line}"
-    batches = batches_per_epoch(load_npz(workspace / "processed" / "train.npz")["x"], 8, bucketed=True)
-    assert first_line.endswith(f"imdb_lstm.train: training on 90 reviews, validating on 30: {batches} length-bucketed "
+    batches = epoch_batches(workspace)
+    assert first_line.endswith(f"imdb_lstm.train: training on 90 reviews and 30 of 30 teacher-labelled reviews drawn "
+                               f"afresh each epoch, validating on 30: {batches} length-bucketed "
                                "batches of at most 8 an epoch, at most 2 epochs; loading MLflow and TensorFlow\n"), first_line
     assert re.search(rf"imdb_lstm.train: expected time of an epoch: about [0-9]+ s for its {batches} batches \(the first "
                      r"took [0-9.]+ s, TensorFlow building its graph; the next 5 [0-9.]+ s each\)", log), log
@@ -158,6 +166,6 @@ def test_the_train_stage_draws_a_bar_per_epoch_on_a_terminal(workspace):
     os.close(controller)
     shown = "".join(shown)
     assert process.returncode == 0, shown
-    batches = batches_per_epoch(load_npz(workspace / "processed" / "train.npz")["x"], 8, bucketed=True)
+    batches = epoch_batches(workspace)
     assert "epoch 1/2: 100%|" in shown and "epoch 2/2: 100%|" in shown and f"{batches}/{batches}" in shown
     assert "training on 90 reviews" in shown
