@@ -116,22 +116,26 @@ def training_data(train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams, t
             length_bucketed_dataset(x_val, y_val, params.batch_size, params.seed))
 
 
-def _epoch_reviews(x_train: np.ndarray, teacher_xy: ArrayPair | None, params: TrainParams) -> np.ndarray:
-    """The reviews of one epoch: the labelled ones and, with a teacher, as many of its reviews as an epoch draws."""
-    extra = teacher_sample(teacher_xy, params)
-    return x_train if extra is None else np.concatenate([x_train, extra[0][:extra[2]]])
+def _one_epoch(x_train: np.ndarray, extra, params: TrainParams) -> tuple[int, int]:
+    """(reviews, batches) of one epoch: the labelled reviews and as many of ``extra``'s (teacher_sample) as it draws.
+
+    With a teacher and length buckets the batch count is about right: it is counted from the
+    first reviews an epoch could draw, and each epoch draws others.
+    """
+    from src.batching import batches_per_epoch
+
+    reviews = x_train if extra is None else np.concatenate([x_train, extra[0][:extra[2]]])
+    return len(reviews), batches_per_epoch(reviews, params.batch_size, params.bucket_by_length)
 
 
 def plan(x_train: np.ndarray, x_val: np.ndarray, params: TrainParams, teacher_xy: ArrayPair | None = None) -> str:
     """What training is about to do, in words: reviews, batches per epoch (about, with a teacher), epochs."""
-    from src.batching import batches_per_epoch
-
-    batches = batches_per_epoch(_epoch_reviews(x_train, teacher_xy, params), params.batch_size, params.bucket_by_length)
+    extra = teacher_sample(teacher_xy, params)
+    batches = _one_epoch(x_train, extra, params)[1]
     how = f"length-bucketed batches of at most {params.batch_size}" if params.bucket_by_length else \
         f"batches of {params.batch_size}"
     patience = params.early_stopping_patience
     stopping = f", stopping once val_loss has not improved for {patience} epoch{'s' * (patience > 1)}" if patience else ""
-    extra = teacher_sample(teacher_xy, params)
     teacher = "" if extra is None else f" and {extra[2]:,} of {len(extra[0]):,} teacher-labelled reviews drawn afresh each epoch"
     return (f"training on {len(x_train):,} reviews{teacher}, validating on {len(x_val):,}: {batches:,} {how} an epoch, "
             f"at most {params.epochs} epoch{'s' * (params.epochs > 1)}{stopping}")
@@ -176,7 +180,6 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
     """
     import keras
 
-    from src.batching import batches_per_epoch
     from src.progress import training_progress
 
     num_words, maxlen = _model_input_size(model)
@@ -198,15 +201,14 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
         seconds = time.perf_counter() - started[0]
         record = {key: float(logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
         record = {"epoch": epoch + 1, **record, "epoch_seconds": seconds,
-                  "reviews_per_second": len(epoch_reviews) / seconds}
+                  "reviews_per_second": epoch_reviews / seconds}
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
 
     recorder = keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
-    epoch_reviews = _epoch_reviews(x_train, teacher_xy, params)
-    progress = training_progress(batches_per_epoch(epoch_reviews, params.batch_size, params.bucket_by_length),
-                                 params.epochs, log)
+    epoch_reviews, epoch_batches = _one_epoch(x_train, teacher_sample(teacher_xy, params), params)
+    progress = training_progress(epoch_batches, params.epochs, log)
     stopper = []
     if params.early_stopping_patience > 0:
         stopper = [keras.callbacks.EarlyStopping(
