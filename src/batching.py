@@ -27,6 +27,21 @@ def bucket_boundaries(maxlen: int, width: int = BUCKET_WIDTH) -> list[int]:
     return list(range(width + 1, maxlen + 1, width))
 
 
+def prefetched(data, options=None):
+    """``data`` with two batches prefetched and tf.data's autotuning off (in ``options``, or new ones).
+
+    With autotuning on, Keras deleting the used-up iterator before a validation pass sometimes
+    waited for tf.data's tuning thread, the process idle, for a good part of an epoch's time
+    (measured: benchmarks/results/README.md). Nothing here needs tuning (one map, no parallel
+    reads), and the batches and their order do not change.
+    """
+    import tensorflow as tf
+
+    options = options or tf.data.Options()
+    options.autotune.enabled = False
+    return data.prefetch(2).with_options(options)
+
+
 def with_a_sample_each_epoch(x: np.ndarray, y: np.ndarray, extra, seed: int):
     """(tf.data.Dataset of every (x, float32 y) and, with ``extra`` = (reviews, labels, count), count of
     those reviews drawn afresh each epoch (seeded); the number of examples an epoch holds)."""
@@ -58,7 +73,7 @@ def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed:
     data = data.bucket_by_sequence_length(
         lambda ids, label: tf.shape(ids)[0], boundaries, [batch_size] * (len(boundaries) + 1),
         padded_shapes=([None], []))
-    return data.prefetch(tf.data.AUTOTUNE)
+    return prefetched(data)
 
 
 def batches_per_epoch(x: np.ndarray, batch_size: int, bucketed: bool) -> int:

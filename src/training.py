@@ -80,14 +80,14 @@ def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     """
     import tensorflow as tf
 
-    from src.batching import with_a_sample_each_epoch
+    from src.batching import prefetched, with_a_sample_each_epoch
 
     data, size = with_a_sample_each_epoch(x, y, extra, shuffle_seed or 0)
     if shuffle_seed is not None:
         data = data.shuffle(size, seed=shuffle_seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return data.batch(batch_size).with_options(options).prefetch(tf.data.AUTOTUNE)
+    return prefetched(data.batch(batch_size), options)
 
 
 def teacher_sample(teacher_xy: ArrayPair | None, params: TrainParams):

@@ -93,6 +93,19 @@ def test_each_epoch_draws_a_new_sample_of_the_extra_reviews_beside_every_labelle
     assert len({tuple(rows) for rows in first}) == 3 and first != other
 
 
+@pytest.mark.parametrize("bucketed", [True, False])
+def test_training_batches_run_without_tf_data_autotuning(bucketed):
+    """With it on, deleting an epoch's iterator sometimes left training idle for tens of seconds (benchmarks/results)."""
+    from src.training import dataset
+
+    x = padded([3, 9, 17, 30], 40)
+    y = np.zeros(4, np.float32)
+    data = length_bucketed_dataset(x, y, 2, 0) if bucketed else dataset(x, y, 2, shuffle_seed=0)
+    assert data.options().autotune.enabled is False
+    if not bucketed:  # the multi-worker sharding option is kept beside it
+        assert data.options().experimental_distribute.auto_shard_policy.name == "DATA"
+
+
 @pytest.mark.parametrize("padding", ["pre", "post"])
 def test_a_masked_lstm_gives_the_same_output_on_bucketed_batches(padding):
     import keras
