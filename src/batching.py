@@ -76,13 +76,17 @@ def length_bucketed_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed:
     return prefetched(data)
 
 
-def batches_per_epoch(x: np.ndarray, batch_size: int, bucketed: bool) -> int:
-    """How many batches an epoch of ``x`` has: ceil(n / batch_size), or with length buckets each bucket's own ceiling.
+def batches_per_epoch(x: np.ndarray, batch_size: int, bucketed: bool, *more: np.ndarray) -> int:
+    """How many batches an epoch of ``x`` and the ``more`` arrays (as one) has: ceil(n / batch_size),
+    or with length buckets each bucket's own ceiling.
 
     bucket_by_sequence_length puts a review of length L in the bucket whose upper bound is the
     first above L, and emits every bucket's last, partial batch at the epoch's end.
     """
+    parts = (x, *more)
     if not bucketed:
-        return -(-len(x) // batch_size)
-    buckets = np.searchsorted(bucket_boundaries(x.shape[1]), review_lengths(x), side="right")
-    return int(sum(-(-int(count) // batch_size) for count in np.bincount(buckets)))
+        return -(-sum(len(part) for part in parts) // batch_size)
+    boundaries = bucket_boundaries(x.shape[1])
+    counts = sum(np.bincount(np.searchsorted(boundaries, review_lengths(part), side="right"),
+                             minlength=len(boundaries) + 1) for part in parts)
+    return int(sum(-(-int(count) // batch_size) for count in counts))

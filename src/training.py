@@ -124,8 +124,9 @@ def _one_epoch(x_train: np.ndarray, extra, params: TrainParams) -> tuple[int, in
     """
     from src.batching import batches_per_epoch
 
-    reviews = x_train if extra is None else np.concatenate([x_train, extra[0][:extra[2]]])
-    return len(reviews), batches_per_epoch(reviews, params.batch_size, params.bucket_by_length)
+    drawn = () if extra is None else (extra[0][:extra[2]],)
+    reviews = len(x_train) + sum(len(part) for part in drawn)
+    return reviews, batches_per_epoch(x_train, params.batch_size, params.bucket_by_length, *drawn)
 
 
 def plan(x_train: np.ndarray, x_val: np.ndarray, params: TrainParams, teacher_xy: ArrayPair | None = None) -> str:

@@ -130,3 +130,4 @@ def test_batches_per_epoch_counts_the_batches_an_epoch_yields(maxlen, batch_size
     x, y = padded(lengths, maxlen), np.zeros(301, np.float32)
     data = length_bucketed_dataset(x, y, batch_size, seed=1) if bucketed else dataset(x, y, batch_size, 1)
     assert batches_per_epoch(x, batch_size, bucketed) == sum(1 for _ in data)
+    assert batches_per_epoch(x[:100], batch_size, bucketed, x[100:250], x[250:]) == sum(1 for _ in data)

@@ -12,7 +12,6 @@ import sys
 import termios
 import time
 
-import numpy as np
 import pytest
 import yaml
 
@@ -119,8 +118,8 @@ def workspace(tmp_path_factory):
 
 def epoch_batches(folder) -> int:
     """Batches of an epoch: the tiny data's 90 training reviews and all 30 of the teacher's (fewer than an epoch draws)."""
-    reviews = [load_npz(folder / "processed" / "train.npz")["x"], load_npz(folder / "pretrained" / "teacher.npz")["x"]]
-    return batches_per_epoch(np.concatenate(reviews), 8, bucketed=True)
+    reviews, teacher = load_npz(folder / "processed" / "train.npz")["x"], load_npz(folder / "pretrained" / "teacher.npz")["x"]
+    return batches_per_epoch(reviews, 8, True, teacher)
 
 
 def train_command(folder, name: str) -> list[str]:
