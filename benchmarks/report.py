@@ -151,7 +151,8 @@ def _learning_curve(report: dict) -> list[str]:
     lines = ["## Learning curve: test accuracy against training reviews", ""] + _paragraph(
         "Each row trains on that many of the training reviews (`preprocess.train_reviews`; each row's reviews ",
         "are among the next row's), with the same validation and test reviews and params; the last row is the run ",
-        "above. Without pretraining: the same with `pretrain.method: none`.")
+        "above. Without pretraining: the same with `pretrain.method: none` and `pretrain.teacher_reviews: 0` ",
+        "(no word vectors, no teacher).")
     without = {point["train_reviews"]: point for point in report.get("learning_curve_without_pretraining", [])}
     return lines + _table(["training reviews", "LSTM", "LSTM without pretraining", "baseline", "LSTM - baseline",
                            "LSTM epochs (lowest val_loss at)", "train stage s"], [
