@@ -118,7 +118,8 @@ def workspace(tmp_path_factory):
 
 def epoch_batches(folder) -> int:
     """Batches of an epoch: the tiny data's 90 training reviews and all 30 of the teacher's (fewer than an epoch draws)."""
-    reviews, teacher = load_npz(folder / "processed" / "train.npz")["x"], load_npz(folder / "pretrained" / "teacher.npz")["x"]
+    reviews = load_npz(folder / "processed" / "train.npz")["x"]
+    teacher = load_npz(folder / "pretrained" / "teacher.npz")["x"]
     return batches_per_epoch(reviews, 8, True, teacher)
 
 
