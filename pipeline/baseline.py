@@ -30,12 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
-    from src.baseline import fit_and_score
     from src.datasets import load_texts, training_part
     from src.fileio import write_json
 
     start = time.perf_counter()
     corpus = load_texts(args.raw)
+    from src.baseline import fit_and_score  # scikit-learn takes seconds to import: not before the data is there
     texts, labels = training_part(corpus, params.preprocess.val_fraction, params.preprocess.seed,
                                   params.preprocess.train_reviews)
     metrics = fit_and_score(texts, labels, corpus.test_texts, corpus.test_labels, params.evaluate.threshold)

@@ -7,6 +7,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
+
+def _share_the_cores_between_workers() -> None:
+    """A pytest-xdist worker takes its share of the cores for TensorFlow's and BLAS' thread pools.
+
+    Each would otherwise start pools as wide as the machine, and two workers on two cores spend
+    much of their time contending (benchmarks/results/README.md, the test suite's time). Set
+    before anything imports them; the processes a test starts inherit it, so a fresh process
+    computes as the worker that compares with it. A value already set is kept.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+
+
+_share_the_cores_between_workers()
+
 import pytest
 import yaml
 
@@ -34,10 +52,10 @@ def xdist_group(item: pytest.Item) -> str | None:
     for fixture in ("trained_project", "empty_mlflow_db"):
         if fixture in item.fixturenames:
             return fixture
-    if item.get_closest_marker("slow"):
-        return item.module.__name__
     mark = item.get_closest_marker("xdist_group")
-    return mark.args[0] if mark else None
+    if mark:
+        return mark.args[0]
+    return item.module.__name__ if item.get_closest_marker("slow") else None
 
 
 def pytest_collection_modifyitems(config, items):

@@ -176,6 +176,7 @@ def test_compile_for_every_optimizer(name, tiny_params):
 
     assert type(model.optimizer).__name__ == OPTIMIZERS[name]
     assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    model.run_eagerly = True  # the optimizer is what is tested: tracing the step would take seconds each
     x, y = random_ids(8), np.array([0, 1] * 4, dtype="float32")
     before = [w.copy() for w in model.get_weights()]
     loss, accuracy = model.train_on_batch(x, y)
@@ -247,14 +248,15 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_outputs_float32(tiny_params):
     assert all(weight.dtype == "float32" for weight in model.weights)
 
     compile_model(model, tiny_params.train)
+    model.run_eagerly = True  # as in the test above: the dtypes are what is tested, not Keras' traced step
     x, y = random_ids(16), np.array([0, 1] * 8, dtype="float32")
     loss, _ = model.train_on_batch(x, y)
-    probabilities = model.predict(x, verbose=0)
+    probabilities = np.asarray(model(x, training=False))
     assert np.isfinite(loss) and probabilities.dtype == np.float32
     # The same weights in float32 give nearly the same probabilities: bfloat16 keeps 8 bits of mantissa.
     exact = build_model(model_params(bidirectional=True, pooling="max_mean"), NUM_WORDS, MAXLEN)
     exact.set_weights(model.get_weights())
-    np.testing.assert_allclose(probabilities, exact.predict(x, verbose=0), atol=0.02)
+    np.testing.assert_allclose(probabilities, exact(x, training=False), atol=0.02)
 
 
 def test_accuracy_counts_a_teachers_probability_as_the_label_it_leans_to():

@@ -243,6 +243,7 @@ def _connect_in_fresh_process(root: str) -> str:
     return store.connect("imdb-lstm")
 
 
+@pytest.mark.slow
 def test_stages_starting_at_once_share_a_new_sqlite_store(tmp_path):
     """`dvc queue start -j 2`: two trains create the store and the experiment at the same moment.
 
