@@ -22,9 +22,12 @@ import yaml
 from conftest import REPO_ROOT
 from project import clean_env, dvc, free_port, make_project, update_params
 from test_training import (
+    FITTED,
     MAXLEN,
     NUM_WORDS,
     assert_same_weights,
+    fit_tiny,
+    fitted,
     synthetic_data,
     without_timing,
 )
@@ -185,13 +188,15 @@ def fit(params, strategy, epochs: int = 3):
     return model, train(model, train_xy, val_xy, train_params, strategy=strategy)
 
 
+@FITTED
 def test_mirrored_on_this_cpu_trains_exactly_like_no_strategy(tiny_params):
+    """Against test_training's cached training (dropouts on, so the strategy must draw the same masks)."""
     import tensorflow as tf
 
     strategy = create_strategy("mirrored")
     assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == 1
-    mirrored, mirrored_history = fit(tiny_params, strategy)
-    alone, alone_history = fit(tiny_params, None)
+    mirrored, mirrored_history = fit_tiny(tiny_params, seed=7, strategy=strategy)
+    alone, alone_history, *_ = fitted(tiny_params, seed=7)
 
     assert isinstance(mirrored.weights[0].value, tf.distribute.DistributedValues)  # built in the strategy's scope
     assert not isinstance(alone.weights[0].value, tf.distribute.DistributedValues)

@@ -1,6 +1,7 @@
 """The registered model: version tags, the champion alias, promotion, and which version a user means."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ NAME = registry.MODEL_NAME
 
 
 @pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    """One SQLite store for the module (creating one takes seconds); each test gets the model afresh."""
-    return tmp_path_factory.mktemp("registry") / "mlflow.db"
+def database(tmp_path_factory, empty_mlflow_db):
+    """One SQLite store for the module, a copy of the ready empty one (creating one takes seconds);
+    each test gets the model afresh."""
+    return shutil.copyfile(empty_mlflow_db, tmp_path_factory.mktemp("registry") / "mlflow.db")
 
 
 @pytest.fixture

@@ -64,11 +64,10 @@ def tiny(params, **train_changes):
 
 
 def fit_tiny(params, seed: int, epochs: int = 3, **train_kwargs):
-    """Seed, build, compile and train a tiny model on the synthetic reviews (``train_kwargs``: train's)."""
+    """Seed, build, compile and train a tiny model on the synthetic reviews (``train_kwargs``: train's;
+    a ``strategy`` among them builds the model in its scope too)."""
     model_params, train_params = tiny(params, seed=seed, epochs=epochs)
-    make_deterministic(train_params.seed)
-    model = build_model(model_params, NUM_WORDS, MAXLEN)
-    compile_model(model, train_params)
+    model = new_model(model_params, train_params, NUM_WORDS, MAXLEN, train_kwargs.get("strategy"))
     train_xy, val_xy = synthetic_data()
     return model, train(model, train_xy, val_xy, train_params, **train_kwargs)
 
