@@ -129,8 +129,8 @@ def bucketed(params):
 def test_same_seed_same_weights_and_history_different_seed_different_weights(tiny_params):
     """With length buckets, as params.yaml trains: their batches are drawn from the seed too.
 
-    Another seed is checked at the start: its model starts from other weights, so training it
-    could only end elsewhere (and each fit takes seconds, most of them TensorFlow tracing it).
+    Another seed is checked at the start: its model starts from other weights, from which training
+    would end elsewhere too (each fit takes seconds, most of them TensorFlow tracing it).
     """
     model_a, history_a, *_ = fitted(tiny_params, seed=7, bucket_by_length=True)
     model_b, history_b = fit_tiny(bucketed(tiny_params), seed=7)
