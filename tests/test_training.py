@@ -1,5 +1,6 @@
 """train, make_deterministic, save_model and load_model on tiny synthetic reviews."""
 
+import collections
 import dataclasses
 import functools
 import json
@@ -11,6 +12,7 @@ import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import keras
 import numpy as np
@@ -78,29 +80,39 @@ class Fit(NamedTuple):
     events: list[str]  # "begin N" as Keras starts epoch N, "record N" as on_epoch gets its record
     records: list[dict]  # what on_epoch got
     caught: list[warnings.WarningMessage]  # every warning raised while training
+    traces: collections.Counter  # how often TensorFlow traced train_step and test_step
 
 
 # The tests reading fitted() run on one pytest-xdist worker (conftest.py), which trains each run once.
 FITTED = pytest.mark.xdist_group("test_training.fitted")
 
 
+def counted(step, traces: collections.Counter):
+    """A train_step or test_step that counts its calls: TensorFlow calls it once per trace."""
+    def step_counted(self, data):
+        traces[step.__name__] += 1
+        return step(self, data)
+    return step_counted
+
+
 @functools.cache
-def fitted(params, seed: int, bucket_by_length: bool = False) -> Fit:
+def fitted(params, seed: int) -> Fit:
     """fit_tiny, once per process, for the tests that only read the training: what it returned,
-    the order in which epochs began and on_epoch got their records, and the warnings raised."""
-    if bucket_by_length:
-        params = bucketed(params)
-    events, records = [], []
+    the order in which epochs began and on_epoch got their records, the warnings raised and
+    the traces of its steps."""
+    events, records, traces = [], [], collections.Counter()
     starts = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: events.append(f"begin {epoch + 1}"))
 
     def on_epoch(record):
         events.append(f"record {record['epoch']}")
         records.append(record)
 
-    with warnings.catch_warnings(record=True) as caught:
+    with (warnings.catch_warnings(record=True) as caught,
+          mock.patch.object(keras.Model, "train_step", counted(keras.Model.train_step, traces)),
+          mock.patch.object(keras.Model, "test_step", counted(keras.Model.test_step, traces))):
         warnings.simplefilter("always")
         model, history = fit_tiny(params, seed, callbacks=[starts], on_epoch=on_epoch)
-    return Fit(model, history, events, records, caught)
+    return Fit(model, history, events, records, caught, traces)
 
 
 def without_timing(history):
@@ -132,7 +144,7 @@ def test_same_seed_same_weights_and_history_different_seed_different_weights(tin
     Another seed is checked at the start: its model starts from other weights, from which training
     would end elsewhere too (each fit takes seconds, most of them TensorFlow tracing it).
     """
-    model_a, history_a, *_ = fitted(tiny_params, seed=7, bucket_by_length=True)
+    model_a, history_a, *_ = fitted(bucketed(tiny_params), seed=7)
     model_b, history_b = fit_tiny(bucketed(tiny_params), seed=7)
 
     assert_same_weights(model_a.get_weights(), model_b.get_weights())
@@ -202,8 +214,19 @@ def test_model_learns_the_synthetic_reviews(tiny_params):
 
 
 @FITTED
+@pytest.mark.parametrize("bucket", [False, True])
+def test_the_training_and_validation_steps_are_traced_once(tiny_params, bucket):
+    """The optimizer and the metrics exist before fit, so TensorFlow need not trace a step again
+    after its first trace created them (seconds of every training); length buckets' batches of
+    every length share one trace."""
+    traces = fitted(bucketed(tiny_params) if bucket else tiny_params, seed=7).traces
+    assert traces == {"train_step": 1, "test_step": 1}
+
+
+@FITTED
 def test_on_epoch_gets_every_record_as_the_epoch_ends(tiny_params):
-    _, history, events, records, _ = fitted(tiny_params, seed=7)  # three epochs
+    fit = fitted(tiny_params, seed=7)  # three epochs
+    history, events, records = fit.history, fit.events, fit.records
     (x, _), _ = synthetic_data()
 
     assert events == ["begin 1", "record 1", "begin 2", "record 2", "begin 3", "record 3"]
@@ -347,15 +370,15 @@ def test_load_model_refuses_missing_and_corrupt_files(tiny_params, tmp_path):
 
 @FITTED
 def test_length_buckets_train_without_keras_running_out_of_data_warnings(tiny_params):
-    _, history, _, _, caught = fitted(tiny_params, seed=7, bucket_by_length=True)
-    assert len(history) == 3
-    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    fit = fitted(bucketed(tiny_params), seed=7)
+    assert len(fit.history) == 3
+    assert not [w for w in fit.caught if "ran out of data" in str(w.message)]
 
 
 @FITTED
 def test_bucketed_training_learns_and_differs_from_unbucketed(tiny_params):
     """train() with bucket_by_length (src/batching.py) learns; that it is reproducible is tested above."""
-    model_a, history_a, *_ = fitted(tiny_params, seed=7, bucket_by_length=True)
+    model_a, history_a, *_ = fitted(bucketed(tiny_params), seed=7)
     assert history_a[-1]["val_accuracy"] > 0.8
     assert history_a[-1]["loss"] < history_a[0]["loss"]
     unbucketed = fitted(tiny_params, seed=7).model
