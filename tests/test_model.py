@@ -56,9 +56,10 @@ def test_structure_and_output_for_every_option(layers, bidirectional, pooling, d
 
     width = (12 if bidirectional else 6) * (2 if pooling == "max_mean" else 1)
     assert model.layers[-2].output.shape == (None, width)
-    probabilities = np.asarray(model(random_ids(5), training=False))
-    assert probabilities.shape == (5, 1)
-    assert ((probabilities > 0) & (probabilities < 1)).all()
+    if not dropout:  # predicting, dropout changes nothing: one call per shape (each takes a while, eagerly)
+        probabilities = np.asarray(model(random_ids(5), training=False))
+        assert probabilities.shape == (5, 1)
+        assert ((probabilities > 0) & (probabilities < 1)).all()
 
 
 @pytest.mark.parametrize("params, num_words, expected", [
@@ -91,7 +92,8 @@ def test_mask_makes_pre_and_post_padding_equivalent(bidirectional, pooling):
     for row_pre, row_post in zip(pre, post):
         words = row_pre[row_pre != 0]
         row_post[:len(words)] = words
-    np.testing.assert_allclose(model(pre, training=False), model(post, training=False), rtol=1e-5, atol=1e-6)
+    both = np.asarray(model(np.concatenate([pre, post]), training=False))  # one eager call, not two
+    np.testing.assert_allclose(both[:len(pre)], both[len(pre):], rtol=1e-5, atol=1e-6)
 
 
 def test_max_mean_pooling_is_the_masked_max_and_mean():
