@@ -217,6 +217,15 @@ def run_stage(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
 
 
+def run_main(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str) -> None:
+    """The pretrain stage's main() in this process (run_stage, above, starts a new one)."""
+    from pipeline import pretrain
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--data", str(processed),
+                   "--out", str(tmp_path / out)])
+
+
 @pytest.mark.slow
 def test_stage_output_is_byte_identical_across_processes(processed, tmp_path, tiny_params_dict):
     raw, out = processed
@@ -233,26 +242,25 @@ def test_stage_output_is_byte_identical_across_processes(processed, tmp_path, ti
 def test_stage_with_method_none_writes_no_vectors(processed, tmp_path, tiny_params_dict):
     raw, out = processed
     params = {**tiny_params_dict, "pretrain": {**tiny_params_dict["pretrain"], "method": "none", "teacher_reviews": 0}}
-    result = run_stage(tmp_path, raw, out, params, "none")
-    assert result.returncode == 0, result.stderr
+    run_main(tmp_path, raw, out, params, "none")
     assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["pretrain.json"]
     assert pretraining.load_word_vectors(tmp_path / "none", 60, 8) is None
     assert pretraining.load_teacher_labels(tmp_path / "none", 60, 24) is None
     params["pretrain"]["teacher_reviews"] = 10  # a teacher without word vectors
-    assert run_stage(tmp_path, raw, out, params, "teacher").returncode == 0
+    run_main(tmp_path, raw, out, params, "teacher")
     assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == ["pretrain.json", "teacher.npz"]
     assert len(pretraining.load_teacher_labels(tmp_path / "teacher", 60, 24).y) == 10
 
 
-def test_keras_data_pretrains_on_the_training_reviews(tmp_path, tiny_params_dict):
+def test_keras_data_pretrains_on_the_training_reviews(tmp_path, tiny_params_dict, caplog):
     raw = tmp_path / "raw"
     write_keras_files(raw, train=40, test=20)
     (raw / "source.json").write_text(json.dumps({"source": "keras"}))
     params = params_from_dict(tiny_params_dict)
     write_outputs(preprocess(raw, params.preprocess), tmp_path / "processed", tmp_path / "preprocess.json")
-    result = run_stage(tmp_path, raw, tmp_path / "processed", tiny_params_dict, "keras")
-    assert result.returncode == 0, result.stderr
-    assert "pretraining learns from the 30 training reviews alone" in result.stderr
+    with caplog.at_level(logging.INFO, logger="imdb_lstm"):
+        run_main(tmp_path, raw, tmp_path / "processed", tiny_params_dict, "keras")
+    assert "pretraining learns from the 30 training reviews alone" in caplog.text
     assert json.loads((tmp_path / "keras" / "pretrain.json").read_text())["unlabelled_reviews"] == 0
     assert not (tmp_path / "keras" / "teacher.npz").exists()
 
