@@ -278,42 +278,6 @@ def test_early_stopping_stops_and_restores_the_best_weights(tiny_params):
     assert kept_epoch(history, train_params) == best + 1 < len(history), "the epoch whose weights the model has"
 
 
-class _WeightsOfEpoch:
-    """What EarlyStopping touches of a model: get_weights gives the current epoch's number, set_weights records it."""
-
-    def __init__(self):
-        self.epoch, self.restored, self.stop_training = 0, None, False
-
-    def get_weights(self):
-        return self.epoch
-
-    def set_weights(self, weights):
-        self.restored = weights
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_kept_epoch_is_the_epoch_keras_early_stopping_restores(seed, tiny_params):
-    """Against Keras' own EarlyStopping (patience, restore_best_weights), on val_loss series with ties and NaN."""
-    rng = np.random.default_rng(seed)
-    patience = int(rng.integers(1, 4))
-    params = dataclasses.replace(tiny_params.train, early_stopping_patience=patience)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    model = _WeightsOfEpoch()
-    stopper.set_model(model)
-    stopper.on_train_begin()
-    history = []
-    for epoch in range(int(rng.integers(1, 12))):
-        val_loss = float(rng.choice([0.3, 0.4, 0.5, np.nan])) if rng.random() < 0.5 else float(rng.random())
-        model.epoch = epoch + 1
-        history.append({"epoch": epoch + 1, "val_loss": val_loss})
-        stopper.on_epoch_end(epoch, {"val_loss": val_loss})
-        if model.stop_training:
-            break
-    stopper.on_train_end()
-    assert kept_epoch(history, params) == model.restored
-    assert kept_epoch(history, dataclasses.replace(params, early_stopping_patience=0)) == len(history)
-
-
 def test_bad_arrays_are_refused_before_training(tiny_params):
     model_params, train_params = tiny(tiny_params)
     model = build_model(model_params, NUM_WORDS, MAXLEN)
@@ -403,3 +367,42 @@ def test_bucketed_training_learns_and_differs_from_unbucketed(tiny_params):
     assert history_a[-1]["loss"] < history_a[0]["loss"]
     unbucketed = fitted(tiny_params, seed=7).model
     assert any(not np.array_equal(a, b) for a, b in zip(model_a.get_weights(), unbucketed.get_weights()))
+
+
+# Last in the file, the last module: forty quick cases, so that a parallel run ends on them rather than on
+# one worker still running the trainings queued on it (pytest-xdist queues up to three tests on each).
+
+class _WeightsOfEpoch:
+    """What EarlyStopping touches of a model: get_weights gives the current epoch's number, set_weights records it."""
+
+    def __init__(self):
+        self.epoch, self.restored, self.stop_training = 0, None, False
+
+    def get_weights(self):
+        return self.epoch
+
+    def set_weights(self, weights):
+        self.restored = weights
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kept_epoch_is_the_epoch_keras_early_stopping_restores(seed, tiny_params):
+    """Against Keras' own EarlyStopping (patience, restore_best_weights), on val_loss series with ties and NaN."""
+    rng = np.random.default_rng(seed)
+    patience = int(rng.integers(1, 4))
+    params = dataclasses.replace(tiny_params.train, early_stopping_patience=patience)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    model = _WeightsOfEpoch()
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    history = []
+    for epoch in range(int(rng.integers(1, 12))):
+        val_loss = float(rng.choice([0.3, 0.4, 0.5, np.nan])) if rng.random() < 0.5 else float(rng.random())
+        model.epoch = epoch + 1
+        history.append({"epoch": epoch + 1, "val_loss": val_loss})
+        stopper.on_epoch_end(epoch, {"val_loss": val_loss})
+        if model.stop_training:
+            break
+    stopper.on_train_end()
+    assert kept_epoch(history, params) == model.restored
+    assert kept_epoch(history, dataclasses.replace(params, early_stopping_patience=0)) == len(history)
