@@ -36,14 +36,14 @@ def test_mlflow_keeps_its_store_builders_in_registries_by_scheme():
             changed("mlflow", f"{kind}._get_store_with_resolved_uri is no longer a cache to clear", "mlflow_internals.py")
 
 
-def test_mlflow_builds_sqlite_stores_that_retry_and_wait_as_long_as_we_say(tmp_path, monkeypatch):
+def test_mlflow_builds_sqlite_stores_that_retry_and_wait_as_long_as_we_say(mlflow_db, monkeypatch):
     import sqlalchemy
 
     from src.tracking import lock_retries
 
     lock_retries.install_lock_retries()
     monkeypatch.setattr(lock_retries, "SQLITE_BUSY_TIMEOUT_MS", 1234)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{mlflow_db}"
     for registry in mlflow_internals.store_registries():
         kind = type(registry).__name__
         store = registry.get_store(uri)

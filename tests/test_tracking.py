@@ -96,7 +96,8 @@ def test_an_existing_experiment_gets_what_it_lacks_and_keeps_what_a_person_set(c
     assert f"mlflow.sharedViewState.{store.SHARED_VIEW}" in kept
 
 
-def test_experiment_artifacts_are_anchored_at_the_repository(tmp_path, monkeypatch):
+def test_experiment_artifacts_are_anchored_at_the_repository(tmp_path, monkeypatch, mlflow_db):
+    """The default store is mlflow.db at the repository's root (here tmp_path, where mlflow_db is)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     try:
@@ -104,7 +105,7 @@ def test_experiment_artifacts_are_anchored_at_the_repository(tmp_path, monkeypat
         location = mlflow.get_experiment(experiment_id).artifact_location
     finally:
         mlflow.set_tracking_uri(None)
-    assert (tmp_path / "mlflow.db").is_file()
+    assert mlflow.MlflowClient(f"sqlite:///{mlflow_db}").get_experiment_by_name("anchored").experiment_id == experiment_id
     assert location == (tmp_path.resolve() / "mlartifacts").as_uri()
 
 
