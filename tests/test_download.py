@@ -297,12 +297,15 @@ def test_truncated_body_every_time_fails(server, tarball, downloads, out):
     assert files_under(downloads) == [] and not out.exists()
 
 
-def test_unreachable_host_fails_fast_with_one_line(downloads, out):
+def test_unreachable_host_fails_fast_with_one_line(downloads, out, monkeypatch):
     url = f"http://reader:hunter2@127.0.0.1:{free_port()}/aclImdb_v1.tar.gz"
+    waits = []
+    monkeypatch.setattr(dl.time, "sleep", waits.append)  # the backoff's waits: added up, not slept
     start = time.monotonic()
     with pytest.raises(DownloadError) as caught:
         download(DataParams("aclimdb", url, ""), downloads, out)  # the real defaults
-    assert time.monotonic() - start < 30
+    assert waits == [1.0, 2.0]  # three attempts
+    assert time.monotonic() - start + sum(waits) < 30
     message = str(caught.value)
     assert "\n" not in message and "hunter2" not in message
     assert redact_url(url) in message and "data.url" in message and "file://" in message
