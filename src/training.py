@@ -237,7 +237,7 @@ def _build_optimizer_and_metrics(model, y_sample: np.ndarray) -> None:
 
     Keras otherwise creates them while TensorFlow traces the first training step, and a
     tf.function that created variables is traced a second time: a second or more of every
-    training (most of a tiny one's). The values are the same either way (zeros).
+    training (a third of a tiny one's). The values are the same either way (zeros).
     """
     model.optimizer.build(model.trainable_variables)
     model.compute_metrics(None, y_sample.astype("float32"), np.full((len(y_sample), 1), 0.5, dtype="float32"))
