@@ -209,21 +209,24 @@ def test_without_unlabelled_reviews_pretraining_uses_the_training_reviews_alone(
     assert "learns from the 30 training reviews alone, and no teacher labels are made" in caplog.text
 
 
-def run_stage(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str, **env) -> subprocess.CompletedProcess:
+def stage_args(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str) -> list[str]:
+    """The pretrain stage's arguments, ``params`` written to tmp_path/params.yaml, output to tmp_path/``out``."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.pretrain", "--params", str(tmp_path / "params.yaml"), "--raw", str(raw),
-         "--data", str(processed), "--out", str(tmp_path / out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    return ["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--data", str(processed),
+            "--out", str(tmp_path / out)]
+
+
+def run_stage(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str, **env) -> subprocess.CompletedProcess:
+    """The pretrain stage in a new process."""
+    return subprocess.run([sys.executable, "-m", "pipeline.pretrain", *stage_args(tmp_path, raw, processed, params, out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
 
 
 def run_main(tmp_path: Path, raw: Path, processed: Path, params: dict, out: str) -> None:
-    """The pretrain stage's main() in this process (run_stage, above, starts a new one)."""
+    """The pretrain stage's main() in this process."""
     from pipeline import pretrain
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    pretrain.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--data", str(processed),
-                   "--out", str(tmp_path / out)])
+    pretrain.main(stage_args(tmp_path, raw, processed, params, out))
 
 
 @pytest.mark.slow
