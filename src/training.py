@@ -215,9 +215,10 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
         stopper = [keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True)]
     train_data, val_data = training_data(train_xy, val_xy, params, teacher_xy)
+    sample_batch = (x_train[:1], y_train[:1].astype("float32"))
     if strategy is None:  # keras_fit_under builds them under a strategy
-        _build_optimizer_and_metrics(model, y_train[:1])
-    with keras_fit_under(model, strategy, (x_train[:1], y_train[:1].astype("float32"))), warnings.catch_warnings():
+        _build_optimizer_and_metrics(model, sample_batch[1])
+    with keras_fit_under(model, strategy, sample_batch), warnings.catch_warnings():
         # Length-bucketed batches are counted only by running an epoch, so Keras 3.15 warns at each
         # epoch's end that the input "ran out of data": that end is the epoch's end, nothing is lost.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -233,14 +234,14 @@ def train(model, train_xy: ArrayPair, val_xy: ArrayPair, params: TrainParams,
 
 
 def _build_optimizer_and_metrics(model, y_sample: np.ndarray) -> None:
-    """Create the optimizer's and the metrics' variables before fit, from one label.
+    """Create the optimizer's and the metrics' variables before fit, from float32 labels.
 
     Keras otherwise creates them while TensorFlow traces the first training step, and a
     tf.function that created variables is traced a second time: a second or more of every
     training (a third of a tiny one's). The values are the same either way (zeros).
     """
     model.optimizer.build(model.trainable_variables)
-    model.compute_metrics(None, y_sample.astype("float32"), np.full((len(y_sample), 1), 0.5, dtype="float32"))
+    model.compute_metrics(None, y_sample, np.full((len(y_sample), 1), 0.5, dtype="float32"))
     model.reset_metrics()
 
 
